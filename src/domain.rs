@@ -1,0 +1,342 @@
+//! The contract's vocabulary: ids, options, events, directives, states and outcomes.
+//!
+//! Nothing here knows about protobuf or tokio; `convert.rs` maps the wire types onto these, so
+//! the state machine and its tests speak the contract's language only.
+
+use std::{fmt, ops::Add, sync::Arc, time::Duration};
+
+use serde::Serialize;
+
+/// A point in time, in microseconds since the Unix epoch.
+///
+/// Deadlines are absolute wall-clock points rather than `Instant`s so that a report can show
+/// them and a later restart could re-arm them; the registry's clock keeps them monotonic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Time(u64);
+
+impl Time {
+    pub const fn from_micros(micros: u64) -> Self {
+        Self(micros)
+    }
+
+    pub const fn as_micros(self) -> u64 {
+        self.0
+    }
+
+    /// The duration from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Time) -> Duration {
+        Duration::from_micros(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl Add<Duration> for Time {
+    type Output = Time;
+
+    fn add(self, rhs: Duration) -> Time {
+        let micros = u64::try_from(rhs.as_micros()).unwrap_or(u64::MAX);
+        Time(self.0.saturating_add(micros))
+    }
+}
+
+/// The id of one agent session (one call), chosen by the worker.
+///
+/// Shared (`Arc`) because the registry's map, its timer queue and watch streams all hold it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct SessionId(Arc<str>);
+
+impl SessionId {
+    pub fn new(id: &str) -> Self {
+        Self(Arc::from(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for SessionId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of one speech (a turn) of the agent session, chosen by the framework.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct SpeechId(Box<str>);
+
+impl SpeechId {
+    pub fn new(id: &str) -> Self {
+        Self(Box::from(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SpeechId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A session's options with every default filled in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Options {
+    pub delete_room: bool,
+    /// `None` is a distinct value: the tool asks for no reply.
+    pub end_instructions: Option<String>,
+    pub extra_description: String,
+    pub ignore_on_enter: bool,
+    #[serde(with = "duration_ms")]
+    pub reply_timeout: Duration,
+    pub early_reply_capture: bool,
+}
+
+impl Default for Options {
+    /// The reference tool's defaults.
+    fn default() -> Self {
+        Self {
+            delete_room: true,
+            end_instructions: Some("say goodbye to the user".to_owned()),
+            extra_description: String::new(),
+            ignore_on_enter: false,
+            reply_timeout: Duration::from_secs(5),
+            early_reply_capture: false,
+        }
+    }
+}
+
+/// Options as a request gives them: each `None` falls back to the server's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OptionsPatch {
+    pub delete_room: Option<bool>,
+    /// `Some(None)` asks for no tool output; `None` takes the default.
+    pub end_instructions: Option<Option<String>>,
+    pub extra_description: Option<String>,
+    pub ignore_on_enter: Option<bool>,
+    pub reply_timeout: Option<Duration>,
+    pub early_reply_capture: Option<bool>,
+}
+
+impl OptionsPatch {
+    /// Fills the gaps from `defaults`. An empty patch shares the defaults' allocation, which
+    /// keeps the common case (no per-session options) at one pointer per session.
+    pub fn resolve(self, defaults: &Arc<Options>) -> Arc<Options> {
+        if self == OptionsPatch::default() {
+            return Arc::clone(defaults);
+        }
+        Arc::new(Options {
+            delete_room: self.delete_room.unwrap_or(defaults.delete_room),
+            end_instructions: self
+                .end_instructions
+                .unwrap_or_else(|| defaults.end_instructions.clone()),
+            extra_description: self
+                .extra_description
+                .unwrap_or_else(|| defaults.extra_description.clone()),
+            ignore_on_enter: self.ignore_on_enter.unwrap_or(defaults.ignore_on_enter),
+            reply_timeout: self.reply_timeout.unwrap_or(defaults.reply_timeout),
+            early_reply_capture: self
+                .early_reply_capture
+                .unwrap_or(defaults.early_reply_capture),
+        })
+    }
+}
+
+/// What the worker's model can do; `None` means "not told".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    pub realtime: Option<bool>,
+    pub auto_tool_reply: Option<bool>,
+}
+
+impl Capabilities {
+    /// Newer knowledge wins, field by field.
+    pub fn merge(&mut self, newer: Capabilities) {
+        self.realtime = newer.realtime.or(self.realtime);
+        self.auto_tool_reply = newer.auto_tool_reply.or(self.auto_tool_reply);
+    }
+
+    /// Row 3's condition on the model: a realtime model that replies to tools by itself.
+    /// Untold means no, which is the pipeline case.
+    pub fn auto_replies(self) -> bool {
+        self.realtime.unwrap_or(false) && self.auto_tool_reply.unwrap_or(false)
+    }
+}
+
+/// Why the agent session closed, with the reference's string values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    Error,
+    JobShutdown,
+    ParticipantDisconnected,
+    UserInitiated,
+    TaskCompleted,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 5] = [
+        CloseReason::Error,
+        CloseReason::JobShutdown,
+        CloseReason::ParticipantDisconnected,
+        CloseReason::UserInitiated,
+        CloseReason::TaskCompleted,
+    ];
+
+    /// The string a worker passes to `job_ctx.shutdown(reason=...)`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Error => "error",
+            CloseReason::JobShutdown => "job_shutdown",
+            CloseReason::ParticipantDisconnected => "participant_disconnected",
+            CloseReason::UserInitiated => "user_initiated",
+            CloseReason::TaskCompleted => "task_completed",
+        }
+    }
+}
+
+/// Why `SHUTDOWN_SESSION` was issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownCause {
+    ToolTurnDone,
+    ReplyPlayedOut,
+    ReplyTimeout,
+    PlayoutGuard,
+    MaxDuration,
+}
+
+/// What the worker is told to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Directive {
+    ShutdownSession {
+        cause: ShutdownCause,
+    },
+    DeleteRoom,
+    ShutdownJob {
+        reason: CloseReason,
+    },
+    /// Max call duration reached: ask the agent to say goodbye and end the call.
+    WindUp,
+}
+
+/// A directive as issued: numbered and timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct IssuedDirective {
+    pub seq: u64,
+    pub at: Time,
+    #[serde(flatten)]
+    pub directive: Directive,
+}
+
+/// The contract's states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Active,
+    Ending,
+    AwaitingReply,
+    PlayingReply,
+    ShuttingDown,
+    Closed,
+}
+
+impl State {
+    pub const ALL: [State; 6] = [
+        State::Active,
+        State::Ending,
+        State::AwaitingReply,
+        State::PlayingReply,
+        State::ShuttingDown,
+        State::Closed,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Ending => "ending",
+            State::AwaitingReply => "awaiting_reply",
+            State::PlayingReply => "playing_reply",
+            State::ShuttingDown => "shutting_down",
+            State::Closed => "closed",
+        }
+    }
+}
+
+/// How a session ended, for the report and the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// `SHUTDOWN_SESSION` was issued for this cause.
+    Shutdown(ShutdownCause),
+    /// Closed after end_call, before the sidecar issued `SHUTDOWN_SESSION`.
+    ClosedDuringEndCall,
+    ClosedWithoutEndCall,
+    /// No event for the idle expiry: the worker went away without closing.
+    Expired,
+}
+
+impl Outcome {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Shutdown(ShutdownCause::ToolTurnDone) => "tool_turn_done",
+            Outcome::Shutdown(ShutdownCause::ReplyPlayedOut) => "reply_played_out",
+            Outcome::Shutdown(ShutdownCause::ReplyTimeout) => "reply_timeout",
+            Outcome::Shutdown(ShutdownCause::PlayoutGuard) => "playout_guard",
+            Outcome::Shutdown(ShutdownCause::MaxDuration) => "max_duration",
+            Outcome::ClosedDuringEndCall => "closed_during_end_call",
+            Outcome::ClosedWithoutEndCall => "closed_without_end_call",
+            Outcome::Expired => "expired",
+        }
+    }
+}
+
+/// An event the worker reports (the registry adds none of its own: timers call
+/// [`crate::machine::Session::on_time`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Open {
+        options: Option<Arc<Options>>,
+        max_duration: Option<Duration>,
+    },
+    EndCall {
+        speech: SpeechId,
+        options: Option<Arc<Options>>,
+        capabilities: Capabilities,
+    },
+    SpeechCreated {
+        speech: SpeechId,
+    },
+    SpeechDone {
+        speech: SpeechId,
+        interrupted: bool,
+        capabilities: Capabilities,
+        tool_output_given: Option<bool>,
+    },
+    SessionClose {
+        reason: CloseReason,
+        error: Option<String>,
+    },
+}
+
+/// Serialises durations as milliseconds, the unit people read in reports.
+pub(crate) mod duration_ms {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}

@@ -1,0 +1,23 @@
+//! endcall-sidecar: decides when a voice-AI agent's call is over.
+//!
+//! Layers, from the inside out: `domain` (the contract's vocabulary), `machine` (the pure
+//! per-session state machine), `report` (what a session tells about itself), `registry`
+//! (sessions, per-session ordering, timers, expiry, limits), `convert` and `service` (the gRPC
+//! edge), `server` (listeners, health, reflection, drain), `config` and `telemetry`.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod convert;
+pub mod domain;
+pub mod error;
+pub mod machine;
+pub mod probe;
+pub mod proto;
+pub mod registry;
+pub mod report;
+pub mod server;
+pub mod service;
+pub mod telemetry;
+pub mod timers;
+pub mod tool;

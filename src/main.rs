@@ -1,0 +1,50 @@
+//! Wires configuration, logging, the listener and the server together; nothing else.
+#![forbid(unsafe_code)]
+
+use std::{io::Write as _, process::ExitCode};
+
+use clap::Parser as _;
+use endcall_sidecar::{
+    config::{Cli, Command, Config},
+    probe,
+    server::{self, Listener},
+    telemetry,
+};
+use tracing::{error, info};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Probe(args)) => probe::run(&args, &cli.serve.listen).await,
+        None => serve(Config::from(&cli.serve), &cli).await,
+    }
+}
+
+async fn serve(config: Config, cli: &Cli) -> ExitCode {
+    if let Err(err) = telemetry::init(cli.serve.log_format, &cli.serve.log_level) {
+        eprintln!("error: {err}");
+        return ExitCode::from(2);
+    }
+    let listener = match Listener::bind(&config.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            error!("{err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    // The one line on stdout: tests and scripts read the bound address (port 0) from it.
+    println!("listening on {addr}");
+    let _ = std::io::stdout().flush();
+    info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving");
+    match server::serve(config, listener, server::termination()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            error!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Live sessions: one state machine per session id, with ordering, timers, expiry and limits.
+//!
+//! Sessions live in a sharded map (dashmap); an event runs its machine under the shard's lock,
+//! which is what orders one session's events without a task per session. The lock is a plain
+//! synchronous one and is never held across an `.await`: everything done under it is
+//! non-blocking (a machine step, a channel send, a watch notification).
+//!
+//! Each session arms at most one timer at a time in the shared timer wheel (`timers.rs`): the
+//! earliest of its machine's deadline, its idle expiry, or (once closed) the end of its
+//! retention. A timer that fires early or for a cancelled deadline is harmless: the machine is
+//! asked what is due at `now` and the session re-arms.
+
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use dashmap::{mapref::one::RefMut, DashMap};
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    clock::Clock,
+    domain::{Event, IssuedDirective, Options, SessionId, State, Time},
+    machine::{Rejection, Session, Step, Timing},
+    report::Report,
+    telemetry, timers,
+};
+
+/// Server-wide settings of the registry.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Option defaults for sessions that give none.
+    pub defaults: Arc<Options>,
+    pub timing: Timing,
+    /// How long a closed session is kept, for retries, late watchers and `GetSession`.
+    pub closed_retention: Duration,
+    /// A live session with no event for this long is expired.
+    pub idle_expiry: Duration,
+    /// Live (not closed) sessions at most; closed ones are bounded by their retention.
+    pub max_sessions: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("too many live sessions (limit {limit})")]
+    TooManySessions { limit: usize },
+    #[error("session not found")]
+    NotFound,
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+}
+
+/// What an event did, with what the reply needs.
+#[derive(Debug)]
+pub struct Applied {
+    pub step: Step,
+    pub state: State,
+    /// The tool output in force (for `EndCall`'s reply).
+    pub tool_output: Option<String>,
+    pub options: Arc<Options>,
+    pub max_duration: Option<Duration>,
+}
+
+/// One poll of a watch stream.
+#[derive(Debug)]
+pub struct WatchPoll {
+    pub directives: Vec<IssuedDirective>,
+    /// Closed and everything sent: the stream ends.
+    pub finished: bool,
+    /// Changes when the session issues a directive, closes, or is dropped (then it errors).
+    pub changed: Option<watch::Receiver<()>>,
+}
+
+struct Entry {
+    session: Session,
+    last_activity: Time,
+    /// The time of the timer this session has pending in the wheel, if any.
+    armed: Option<Time>,
+    /// Wakes watch streams; created by the first watcher, dropped with the entry.
+    notify: Option<watch::Sender<()>>,
+}
+
+pub struct Registry {
+    sessions: DashMap<SessionId, Entry>,
+    settings: Settings,
+    clock: Clock,
+    live: AtomicUsize,
+    timers: mpsc::UnboundedSender<(SessionId, Time)>,
+}
+
+impl Registry {
+    /// Creates the registry and spawns its timer task, which ends when the registry is dropped.
+    pub fn start(settings: Settings, clock: Clock) -> Arc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let registry = Arc::new(Self {
+            sessions: DashMap::new(),
+            settings,
+            clock,
+            live: AtomicUsize::new(0),
+            timers: tx,
+        });
+        timers::spawn(Arc::downgrade(&registry), clock, rx);
+        registry
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Live (not closed) sessions.
+    pub fn live_sessions(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Applies a worker's event to its session, creating the session if needed.
+    pub fn apply(&self, id: &str, event: Event) -> Result<Applied, RegistryError> {
+        let now = self.clock.now();
+        let mut entry = self.entry_or_create(id, now)?;
+        let was_closed = entry.session.is_closed();
+        let step = entry.session.handle(event, now, &self.settings.timing)?;
+        entry.last_activity = now;
+        let (key, entry) = entry.pair_mut();
+        self.settle(key, entry, was_closed, !step.directives.is_empty());
+        Ok(Applied {
+            step,
+            state: entry.session.state(),
+            tool_output: entry.session.tool_output().map(str::to_owned),
+            options: Arc::clone(entry.session.options()),
+            max_duration: entry.session.max_duration(),
+        })
+    }
+
+    /// Directives after `after_seq`, at most `max`, and a receiver to wait for more.
+    ///
+    /// With `create`, a session that does not exist yet is created (a watcher may connect
+    /// before the first event); without it, a missing session ends the stream.
+    pub fn poll_watch(
+        &self,
+        id: &str,
+        after_seq: u64,
+        max: usize,
+        create: bool,
+    ) -> Result<WatchPoll, RegistryError> {
+        let entry = if create {
+            Some(self.entry_or_create(id, self.clock.now())?)
+        } else {
+            self.sessions.get_mut(id)
+        };
+        let Some(mut entry) = entry else {
+            return Ok(WatchPoll {
+                directives: Vec::new(),
+                finished: true,
+                changed: None,
+            });
+        };
+        let pending = entry.session.directives_after(after_seq);
+        let directives = pending[..pending.len().min(max)].to_vec();
+        let finished = entry.session.is_closed() && directives.len() == pending.len();
+        // Subscribing under the lock means no directive can slip between this poll and the wait.
+        let changed = entry
+            .notify
+            .get_or_insert_with(|| watch::channel(()).0)
+            .subscribe();
+        Ok(WatchPoll {
+            directives,
+            finished,
+            changed: Some(changed),
+        })
+    }
+
+    /// The session's report, if the session exists (live, or closed and still retained).
+    pub fn report(&self, id: &str) -> Option<Report> {
+        let entry = self.sessions.get(id)?;
+        Some(Report::of(entry.key(), &entry.session))
+    }
+
+    /// Called by the timer task when a session's armed time is reached.
+    pub(crate) fn on_timer(&self, id: &SessionId, at: Time) {
+        let now = self.clock.now();
+        let remove = {
+            let Some(mut entry) = self.sessions.get_mut(id.as_str()) else {
+                return;
+            };
+            let (key, entry) = entry.pair_mut();
+            if entry.armed == Some(at) {
+                entry.armed = None;
+            }
+            let was_closed = entry.session.is_closed();
+            if let Some(closed_at) = entry.session.closed_at() {
+                closed_at + self.settings.closed_retention <= now
+            } else {
+                let issued = if entry.last_activity + self.settings.idle_expiry <= now {
+                    entry.session.expire(now);
+                    false
+                } else {
+                    !entry.session.on_time(now, &self.settings.timing).is_empty()
+                };
+                self.settle(key, entry, was_closed, issued);
+                false
+            }
+        };
+        if remove {
+            // Dropping the entry drops its notifier, which ends any watch stream still open.
+            let retention = self.settings.closed_retention;
+            self.sessions.remove_if(id.as_str(), |_, entry| {
+                entry
+                    .session
+                    .closed_at()
+                    .is_some_and(|closed_at| closed_at + retention <= now)
+            });
+        }
+    }
+
+    fn entry_or_create(
+        &self,
+        id: &str,
+        now: Time,
+    ) -> Result<RefMut<'_, SessionId, Entry>, RegistryError> {
+        if let Some(entry) = self.sessions.get_mut(id) {
+            return Ok(entry);
+        }
+        let limit = self.settings.max_sessions;
+        if self.live.fetch_add(1, Ordering::Relaxed) >= limit {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            return Err(RegistryError::TooManySessions { limit });
+        }
+        let session_id = SessionId::new(id);
+        let mut created = false;
+        let mut entry = self.sessions.entry(session_id).or_insert_with(|| {
+            created = true;
+            Entry {
+                session: Session::new(Arc::clone(&self.settings.defaults), now),
+                last_activity: now,
+                armed: None,
+                notify: None,
+            }
+        });
+        if created {
+            let (key, entry) = entry.pair_mut();
+            self.arm(key, entry);
+        } else {
+            // Another request created it between our lookup and insert.
+            self.live.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(entry)
+    }
+
+    /// After a session changed: account for a close, wake watchers, re-arm its timer.
+    fn settle(&self, id: &SessionId, entry: &mut Entry, was_closed: bool, issued: bool) {
+        let closed_now = !was_closed && entry.session.is_closed();
+        if closed_now {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            telemetry::session_ended(&Report::of(id, &entry.session));
+        }
+        if issued || closed_now {
+            if let Some(notify) = &entry.notify {
+                notify.send_replace(());
+            }
+        }
+        self.arm(id, entry);
+    }
+
+    fn arm(&self, id: &SessionId, entry: &mut Entry) {
+        let wake = match entry.session.closed_at() {
+            Some(closed_at) => closed_at + self.settings.closed_retention,
+            None => {
+                let idle = entry.last_activity + self.settings.idle_expiry;
+                entry
+                    .session
+                    .next_deadline(&self.settings.timing)
+                    .map_or(idle, |deadline| deadline.min(idle))
+            }
+        };
+        if entry.armed.is_none_or(|armed| wake < armed) {
+            entry.armed = Some(wake);
+            // The receiver lives as long as the registry, which is alive here.
+            let _ = self.timers.send((id.clone(), wake));
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Assembles the gRPC server (our service, health, reflection, limits), serves one listener
+//! until shutdown is asked for, then drains within a bound.
+
+use std::{future::Future, io, path::PathBuf, pin::Pin};
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    body::Body,
+    codegen::http,
+    transport::{server::TcpIncoming, Server},
+};
+use tonic_health::ServingStatus;
+use tower::util::MapResponseLayer;
+use tracing::{info, warn};
+
+use crate::{
+    clock::Clock,
+    config::{Config, ListenAddr},
+    proto::{self, v1::end_call_service_server::EndCallServiceServer},
+    registry::Registry,
+    service::EndCallApi,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: ListenAddr, source: io::Error },
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A bound listener: TCP, or a Unix socket shared with the agent through a volume.
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Listener {
+    pub async fn bind(addr: &ListenAddr) -> Result<Self, ServeError> {
+        let bind_error = |source| ServeError::Bind {
+            addr: addr.clone(),
+            source,
+        };
+        match addr {
+            ListenAddr::Tcp(socket) => Ok(Listener::Tcp(
+                TcpListener::bind(socket).await.map_err(bind_error)?,
+            )),
+            ListenAddr::Unix(path) => {
+                remove_stale_socket(path).map_err(bind_error)?;
+                let listener = UnixListener::bind(path).map_err(bind_error)?;
+                Ok(Listener::Unix(listener, path.clone()))
+            }
+        }
+    }
+
+    /// The address actually bound (with the port chosen when asked for port 0).
+    pub fn local_addr(&self) -> io::Result<ListenAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(ListenAddr::Tcp),
+            Listener::Unix(_, path) => Ok(ListenAddr::Unix(path.clone())),
+        }
+    }
+}
+
+/// A socket file left by a previous process would make `bind` fail; anything else at that
+/// path is not ours to delete.
+fn remove_stale_socket(path: &PathBuf) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket",
+        )),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+type ServeFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// Serves until `shutdown` completes, then drains: health turns NOT_SERVING, the listener
+/// closes, watch streams end with UNAVAILABLE (so watchers resume elsewhere with `after_seq`),
+/// and in-flight calls get `config.drain_timeout` to finish.
+pub async fn serve(
+    config: Config,
+    listener: Listener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let registry = Registry::start(config.registry.clone(), Clock::new());
+    let draining = CancellationToken::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<EndCallServiceServer<EndCallApi>>()
+        .await;
+
+    // Reflection serves our descriptors and health's, so grpcurl needs no proto file.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    // grpcurl before 1.8.7 only speaks v1alpha.
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let api = EndCallServiceServer::new(EndCallApi::new(
+        registry,
+        config.wind_up_instructions.clone(),
+        draining.clone(),
+    ))
+    .max_decoding_message_size(config.max_request_bytes);
+
+    let router = Server::builder()
+        // gRPC's reference implementations answer an oversized message with
+        // RESOURCE_EXHAUSTED, as our contract does for every limit; tonic says OUT_OF_RANGE.
+        .layer(MapResponseLayer::new(oversized_as_resource_exhausted))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api);
+
+    let stop_accepting = draining.clone().cancelled_owned();
+    let (serving, socket_path): (ServeFuture, _) = match listener {
+        Listener::Tcp(l) => {
+            // Replies are small and latency-bound: no Nagle delay.
+            let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+            (
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stop_accepting)),
+                None,
+            )
+        }
+        Listener::Unix(l, path) => (
+            Box::pin(
+                router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop_accepting),
+            ),
+            Some(path),
+        ),
+    };
+    let mut serving = serving;
+
+    tokio::select! {
+        result = &mut serving => return Ok(result?),
+        () = shutdown => {}
+    }
+
+    info!(drain_timeout = ?config.drain_timeout, "shutdown requested: draining");
+    health
+        .set_not_serving::<EndCallServiceServer<EndCallApi>>()
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    draining.cancel();
+    match tokio::time::timeout(config.drain_timeout, serving).await {
+        Ok(result) => result?,
+        Err(_) => warn!(
+            drain_timeout = ?config.drain_timeout,
+            "drain timed out: exiting with connections still open"
+        ),
+    }
+    if let Some(path) = socket_path {
+        let _ = std::fs::remove_file(path);
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Rewrites tonic's OUT_OF_RANGE for a request over the size limit into RESOURCE_EXHAUSTED.
+fn oversized_as_resource_exhausted(mut response: http::Response<Body>) -> http::Response<Body> {
+    let headers = response.headers_mut();
+    let too_large = headers
+        .get("grpc-status")
+        .is_some_and(|s| s.as_bytes() == b"11")
+        && headers.get("grpc-message").is_some_and(|m| {
+            m.as_bytes()
+                .starts_with(b"Error, decoded message length too large")
+        });
+    if too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+/// Completes on the first SIGTERM or SIGINT (Ctrl-C).
+pub async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received"),
+                _ = int.recv() => info!("SIGINT received"),
+            }
+        }
+        (term, int) => {
+            warn!(
+                ?term,
+                ?int,
+                "cannot watch SIGTERM/SIGINT; only Ctrl-C will stop the server"
+            );
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
