@@ -26,6 +26,8 @@ async fn serve(config: Config, cli: &Cli) -> ExitCode {
         eprintln!("error: {err}");
         return ExitCode::from(2);
     }
+    // Before the address is announced: from then on, a signal must drain, not kill.
+    let termination = server::termination();
     let listener = match Listener::bind(&config.listen).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -40,7 +42,7 @@ async fn serve(config: Config, cli: &Cli) -> ExitCode {
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
     info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving");
-    match server::serve(config, listener, server::termination()).await {
+    match server::serve(config, listener, termination).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!("{err}");

@@ -10,6 +10,7 @@ use tonic::{
     body::Body,
     codegen::http,
     transport::{server::TcpIncoming, Server},
+    Code, Status,
 };
 use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
@@ -173,41 +174,48 @@ pub async fn serve(
 }
 
 /// Rewrites tonic's OUT_OF_RANGE for a request over the size limit into RESOURCE_EXHAUSTED.
+/// Such a refusal is a trailers-only response, and tonic leaves its `Status` in the
+/// extensions, so only the header needs changing.
 fn oversized_as_resource_exhausted(mut response: http::Response<Body>) -> http::Response<Body> {
-    let headers = response.headers_mut();
-    let too_large = headers
-        .get("grpc-status")
-        .is_some_and(|s| s.as_bytes() == b"11")
-        && headers.get("grpc-message").is_some_and(|m| {
-            m.as_bytes()
-                .starts_with(b"Error, decoded message length too large")
-        });
+    let too_large = response.extensions().get::<Status>().is_some_and(|status| {
+        status.code() == Code::OutOfRange
+            && status
+                .message()
+                .starts_with("Error, decoded message length too large")
+    });
     if too_large {
-        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        response.headers_mut().insert(
+            Status::GRPC_STATUS,
+            http::HeaderValue::from(Code::ResourceExhausted as i32),
+        );
     }
     response
 }
 
 /// Completes on the first SIGTERM or SIGINT (Ctrl-C).
-pub async fn termination() {
+///
+/// The handlers are installed by this call, not when the future is first polled: a signal
+/// that arrives between start-up and serving must drain too, not kill the process.
+pub fn termination() -> impl Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM received"),
-                _ = int.recv() => info!("SIGINT received"),
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => info!("SIGTERM received"),
+                    _ = int.recv() => info!("SIGINT received"),
+                }
             }
-        }
-        (term, int) => {
-            warn!(
-                ?term,
-                ?int,
-                "cannot watch SIGTERM/SIGINT; only Ctrl-C will stop the server"
-            );
-            let _ = tokio::signal::ctrl_c().await;
+            (term, int) => {
+                warn!(
+                    ?term,
+                    ?int,
+                    "cannot watch SIGTERM/SIGINT; only Ctrl-C will stop the server"
+                );
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -1,0 +1,166 @@
+//! Starts the real server in-process on an ephemeral loopback port (or a Unix socket) and
+//! hands out tonic clients to it.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use clap::Parser as _;
+use endcall_sidecar::{
+    config::{Cli, Config, ListenAddr},
+    probe,
+    proto::v1::{
+        self as pb, end_call_service_client::EndCallServiceClient, Directive, DirectiveKind,
+        ShutdownCause,
+    },
+    server::{self, Listener},
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{transport::Channel, Streaming};
+
+pub type Client = EndCallServiceClient<Channel>;
+
+/// How long a test waits for something that should happen in milliseconds; generous so a
+/// loaded CI machine cannot make it flaky, and only ever reached when the test fails anyway.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: ListenAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Starts a server with the given extra flags, on 127.0.0.1:0.
+    pub async fn start(flags: &[&str]) -> Self {
+        Self::start_on("127.0.0.1:0", flags).await
+    }
+
+    pub async fn start_on(listen: &str, flags: &[&str]) -> Self {
+        let mut args = vec!["endcall-sidecar", "--listen", listen];
+        args.extend_from_slice(flags);
+        let config = Config::from(&Cli::parse_from(args).serve);
+        let listener = Listener::bind(&config.listen).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server::serve(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server ran");
+        });
+        TestServer {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        probe::connect(&self.addr, PATIENCE).await.expect("connect")
+    }
+
+    pub async fn client(&self) -> Client {
+        EndCallServiceClient::new(self.channel().await)
+    }
+
+    /// Asks the server to shut down and waits for it to finish draining.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(PATIENCE, &mut self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task");
+    }
+}
+
+pub fn end_call(session: &str, speech: &str) -> pb::EndCallRequest {
+    pb::EndCallRequest {
+        session_id: session.into(),
+        speech_id: speech.into(),
+        ..Default::default()
+    }
+}
+
+pub fn realtime_end_call(session: &str, speech: &str) -> pb::EndCallRequest {
+    pb::EndCallRequest {
+        capabilities: Some(pb::ModelCapabilities {
+            realtime: Some(true),
+            auto_tool_reply: Some(true),
+        }),
+        ..end_call(session, speech)
+    }
+}
+
+pub fn created(session: &str, speech: &str) -> pb::OnSpeechCreatedRequest {
+    pb::OnSpeechCreatedRequest {
+        session_id: session.into(),
+        speech_id: speech.into(),
+    }
+}
+
+pub fn done(session: &str, speech: &str) -> pb::OnSpeechDoneRequest {
+    pb::OnSpeechDoneRequest {
+        session_id: session.into(),
+        speech_id: speech.into(),
+        ..Default::default()
+    }
+}
+
+pub fn close(session: &str, reason: pb::CloseReason) -> pb::OnSessionCloseRequest {
+    pb::OnSessionCloseRequest {
+        session_id: session.into(),
+        reason: reason.into(),
+        error_message: None,
+    }
+}
+
+pub fn watch(session: &str, after_seq: u64) -> pb::WatchSessionRequest {
+    pb::WatchSessionRequest {
+        session_id: session.into(),
+        after_seq,
+    }
+}
+
+/// A directive's kind and, for SHUTDOWN_SESSION and SHUTDOWN_JOB, its cause or reason.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kind {
+    Shutdown(ShutdownCause),
+    DeleteRoom,
+    ShutdownJob(String),
+    WindUp,
+}
+
+pub fn kind(d: &Directive) -> Kind {
+    match d.kind() {
+        DirectiveKind::ShutdownSession => Kind::Shutdown(d.cause()),
+        DirectiveKind::DeleteRoom => Kind::DeleteRoom,
+        DirectiveKind::ShutdownJob => Kind::ShutdownJob(d.reason.clone()),
+        DirectiveKind::WindUp => Kind::WindUp,
+        DirectiveKind::Unspecified => panic!("unspecified directive kind: {d:?}"),
+    }
+}
+
+pub fn kinds(ds: &[Directive]) -> Vec<Kind> {
+    ds.iter().map(kind).collect()
+}
+
+/// The next directive on a watch stream, failing the test if none comes in time.
+pub async fn next(stream: &mut Streaming<Directive>) -> Directive {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("a directive in time")
+        .expect("stream ok")
+        .expect("stream still open")
+}
+
+/// Asserts the watch stream ends cleanly (OK, no more messages).
+pub async fn assert_ends(stream: &mut Streaming<Directive>) {
+    let end = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("stream ends in time")
+        .expect("stream ends with OK");
+    assert!(end.is_none(), "unexpected directive {end:?}");
+}
