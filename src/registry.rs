@@ -285,3 +285,196 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The registry on tokio's paused clock: timers fire at their time, to the millisecond,
+    //! without the test waiting for them.
+
+    use tokio::time::{advance, sleep};
+
+    use super::*;
+    use crate::domain::{Capabilities, CloseReason, Directive, ShutdownCause, SpeechId};
+
+    fn settings() -> Settings {
+        Settings {
+            defaults: Arc::new(Options::default()),
+            timing: Timing {
+                playout_guard: Duration::from_secs(30),
+                wind_up_grace: Duration::from_secs(10),
+            },
+            closed_retention: Duration::from_secs(60),
+            idle_expiry: Duration::from_secs(600),
+            max_sessions: 10,
+        }
+    }
+
+    fn realtime_end_call(speech: &str) -> Event {
+        Event::EndCall {
+            speech: SpeechId::new(speech),
+            options: None,
+            capabilities: Capabilities {
+                realtime: Some(true),
+                auto_tool_reply: Some(true),
+            },
+        }
+    }
+
+    fn done(speech: &str) -> Event {
+        Event::SpeechDone {
+            speech: SpeechId::new(speech),
+            interrupted: false,
+            capabilities: Capabilities::default(),
+            tool_output_given: None,
+        }
+    }
+
+    fn close() -> Event {
+        Event::SessionClose {
+            reason: CloseReason::UserInitiated,
+            error: None,
+        }
+    }
+
+    /// Lets the timer task run what is due at the current (paused) time.
+    async fn settle_timers() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reply_timeout_fires_at_its_deadline_and_wakes_watchers() {
+        let registry = Registry::start(settings(), Clock::new());
+        registry.apply("s", realtime_end_call("S")).unwrap();
+        registry.apply("s", done("S")).unwrap();
+        let poll = registry.poll_watch("s", 0, 10, false).unwrap();
+        assert!(poll.directives.is_empty());
+        let mut changed = poll.changed.unwrap();
+
+        advance(Duration::from_millis(4999)).await;
+        settle_timers().await;
+        assert_eq!(registry.report("s").unwrap().state, State::AwaitingReply);
+
+        advance(Duration::from_millis(1)).await;
+        settle_timers().await;
+        changed.changed().await.unwrap();
+        let poll = registry.poll_watch("s", 0, 10, false).unwrap();
+        assert_eq!(
+            poll.directives[0].directive,
+            Directive::ShutdownSession {
+                cause: ShutdownCause::ReplyTimeout
+            }
+        );
+        let report = registry.report("s").unwrap();
+        assert_eq!(report.goodbye, Some(Duration::from_secs(5)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_deadline_leaves_the_next_one_armed() {
+        // The reply arrives (cancelling the reply deadline); the playout guard still fires.
+        let registry = Registry::start(settings(), Clock::new());
+        registry.apply("s", realtime_end_call("S")).unwrap();
+        registry.apply("s", done("S")).unwrap();
+        registry
+            .apply(
+                "s",
+                Event::SpeechCreated {
+                    speech: SpeechId::new("R"),
+                },
+            )
+            .unwrap();
+        sleep(Duration::from_secs(29)).await;
+        settle_timers().await;
+        assert_eq!(registry.report("s").unwrap().state, State::PlayingReply);
+        sleep(Duration::from_secs(1)).await;
+        settle_timers().await;
+        let report = registry.report("s").unwrap();
+        assert_eq!(
+            report.directives[0].directive,
+            Directive::ShutdownSession {
+                cause: ShutdownCause::PlayoutGuard
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_sessions_expire_and_closed_ones_are_dropped_after_retention() {
+        let registry = Registry::start(settings(), Clock::new());
+        registry
+            .apply(
+                "idle",
+                Event::SpeechCreated {
+                    speech: SpeechId::new("A"),
+                },
+            )
+            .unwrap();
+        assert_eq!(registry.live_sessions(), 1);
+        // Activity pushes the expiry back.
+        sleep(Duration::from_secs(500)).await;
+        registry.apply("idle", done("A")).unwrap();
+        sleep(Duration::from_secs(500)).await;
+        settle_timers().await;
+        assert_eq!(registry.report("idle").unwrap().state, State::Active);
+
+        sleep(Duration::from_secs(100)).await;
+        settle_timers().await;
+        let report = registry.report("idle").unwrap();
+        assert_eq!(report.state, State::Closed);
+        assert_eq!(report.outcome, Some(crate::domain::Outcome::Expired));
+        assert_eq!(registry.live_sessions(), 0);
+
+        sleep(Duration::from_secs(60)).await;
+        settle_timers().await;
+        assert!(registry.report("idle").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_a_closed_session_ends_its_watchers() {
+        let registry = Registry::start(settings(), Clock::new());
+        registry.apply("s", close()).unwrap();
+        let poll = registry.poll_watch("s", 0, 10, false).unwrap();
+        assert!(poll.finished);
+        let mut changed = poll.changed.unwrap();
+        sleep(Duration::from_secs(61)).await;
+        settle_timers().await;
+        assert!(changed.changed().await.is_err());
+        let poll = registry.poll_watch("s", 0, 10, false).unwrap();
+        assert!(poll.finished && poll.changed.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cap_counts_live_sessions_only() {
+        let mut settings = settings();
+        settings.max_sessions = 2;
+        let registry = Registry::start(settings, Clock::new());
+        registry.apply("a", done("x")).unwrap();
+        registry.apply("b", done("x")).unwrap();
+        assert_eq!(
+            registry.apply("c", done("x")).unwrap_err(),
+            RegistryError::TooManySessions { limit: 2 }
+        );
+        assert!(registry.report("c").is_none());
+        registry.apply("a", close()).unwrap();
+        registry.apply("c", done("x")).unwrap();
+        assert_eq!(registry.live_sessions(), 2);
+        // Events for existing sessions are never refused by the cap.
+        registry.apply("b", close()).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn watch_polls_are_batched() {
+        let registry = Registry::start(settings(), Clock::new());
+        registry.apply("s", realtime_end_call("S")).unwrap();
+        registry.apply("s", done("S")).unwrap();
+        sleep(Duration::from_secs(6)).await;
+        settle_timers().await;
+        registry.apply("s", close()).unwrap();
+        let poll = registry.poll_watch("s", 0, 2, false).unwrap();
+        assert_eq!(poll.directives.len(), 2);
+        assert!(!poll.finished);
+        let poll = registry.poll_watch("s", 2, 2, false).unwrap();
+        assert_eq!(poll.directives.len(), 1);
+        assert!(poll.finished);
+    }
+}
