@@ -113,6 +113,16 @@ pub struct ServeArgs {
     #[arg(long, env = "ENDCALL_MAX_REQUEST_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
     pub max_request_bytes: u64,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics. Off unless set (the container image
+    /// sets 0.0.0.0:9464).
+    #[arg(long, env = "ENDCALL_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// On SIGTERM/SIGINT, keep serving this long with health NOT_SERVING before the listener
+    /// closes, so probes and load balancers stop routing first.
+    #[arg(long, env = "ENDCALL_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+
     /// On SIGTERM/SIGINT, how long in-flight calls get to finish before the process exits.
     #[arg(long, env = "ENDCALL_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -188,6 +198,8 @@ pub struct Config {
     pub registry: Settings,
     pub wind_up_instructions: Arc<str>,
     pub max_request_bytes: usize,
+    pub metrics_listen: Option<SocketAddr>,
+    pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
 }
 
@@ -215,6 +227,8 @@ impl From<&ServeArgs> for Config {
             },
             wind_up_instructions: Arc::from(args.wind_up_instructions.as_str()),
             max_request_bytes: usize::try_from(args.max_request_bytes).unwrap_or(usize::MAX),
+            metrics_listen: args.metrics_listen,
+            shutdown_delay: args.shutdown_delay,
             drain_timeout: args.drain_timeout,
         }
     }

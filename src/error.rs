@@ -25,6 +25,16 @@ impl ApiError {
         }
     }
 
+    /// The label of `endcall_requests_rejected_total` this refusal counts under.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::InvalidArgument { .. } => "validation",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::FailedPrecondition { .. } => "precondition",
+            ApiError::ResourceExhausted(_) => "session_limit",
+        }
+    }
+
     pub fn code(&self) -> Code {
         match self {
             ApiError::InvalidArgument { .. } => Code::InvalidArgument,

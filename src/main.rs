@@ -26,6 +26,13 @@ async fn serve(config: Config, cli: &Cli) -> ExitCode {
         eprintln!("error: {err}");
         return ExitCode::from(2);
     }
+    if let Some(addr) = config.metrics_listen {
+        if let Err(err) = telemetry::metrics::install(addr) {
+            error!("--metrics-listen {addr}: {err}");
+            return ExitCode::FAILURE;
+        }
+        info!(%addr, "serving metrics at /metrics");
+    }
     // Before the address is announced: from then on, a signal must drain, not kill.
     let termination = server::termination();
     let listener = match Listener::bind(&config.listen).await {

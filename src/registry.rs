@@ -23,10 +23,11 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     clock::Clock,
-    domain::{Event, IssuedDirective, Options, SessionId, State, Time},
+    domain::{Directive, Event, IssuedDirective, Options, SessionId, State, Time},
     machine::{Rejection, Session, Step, Timing},
     report::Report,
-    telemetry, timers,
+    telemetry::{self, metrics},
+    timers,
 };
 
 /// Server-wide settings of the registry.
@@ -123,11 +124,11 @@ impl Registry {
     pub fn apply(&self, id: &str, event: Event) -> Result<Applied, RegistryError> {
         let now = self.clock.now();
         let mut entry = self.entry_or_create(id, now)?;
-        let was_closed = entry.session.is_closed();
+        let before = entry.session.state();
         let step = entry.session.handle(event, now, &self.settings.timing)?;
         entry.last_activity = now;
         let (key, entry) = entry.pair_mut();
-        self.settle(key, entry, was_closed, !step.directives.is_empty());
+        self.settle(key, entry, before, &step.directives);
         Ok(Applied {
             step,
             state: entry.session.state(),
@@ -192,29 +193,32 @@ impl Registry {
             if entry.armed == Some(at) {
                 entry.armed = None;
             }
-            let was_closed = entry.session.is_closed();
+            let before = entry.session.state();
             if let Some(closed_at) = entry.session.closed_at() {
                 closed_at + self.settings.closed_retention <= now
             } else {
                 let issued = if entry.last_activity + self.settings.idle_expiry <= now {
                     entry.session.expire(now);
-                    false
+                    Vec::new()
                 } else {
-                    !entry.session.on_time(now, &self.settings.timing).is_empty()
+                    entry.session.on_time(now, &self.settings.timing)
                 };
-                self.settle(key, entry, was_closed, issued);
+                self.settle(key, entry, before, &issued);
                 false
             }
         };
         if remove {
             // Dropping the entry drops its notifier, which ends any watch stream still open.
             let retention = self.settings.closed_retention;
-            self.sessions.remove_if(id.as_str(), |_, entry| {
+            let removed = self.sessions.remove_if(id.as_str(), |_, entry| {
                 entry
                     .session
                     .closed_at()
                     .is_some_and(|closed_at| closed_at + retention <= now)
             });
+            if removed.is_some() {
+                metrics::session_state(Some(State::Closed), None);
+            }
         }
     }
 
@@ -243,6 +247,7 @@ impl Registry {
             }
         });
         if created {
+            metrics::session_state(None, Some(State::Active));
             let (key, entry) = entry.pair_mut();
             self.arm(key, entry);
         } else {
@@ -252,14 +257,29 @@ impl Registry {
         Ok(entry)
     }
 
-    /// After a session changed: account for a close, wake watchers, re-arm its timer.
-    fn settle(&self, id: &SessionId, entry: &mut Entry, was_closed: bool, issued: bool) {
-        let closed_now = !was_closed && entry.session.is_closed();
+    /// After a session changed: account for what it issued and a close, wake watchers,
+    /// re-arm its timer.
+    fn settle(&self, id: &SessionId, entry: &mut Entry, before: State, issued: &[IssuedDirective]) {
+        let after = entry.session.state();
+        metrics::session_state(Some(before), Some(after));
+        for directive in issued {
+            metrics::directive(&directive.directive);
+            if let Directive::ShutdownSession { .. } = directive.directive {
+                if let Some(called) = entry.session.end_call_at() {
+                    metrics::end_call_to_shutdown(directive.at.since(called));
+                }
+            }
+        }
+        let closed_now = before != State::Closed && after == State::Closed;
         if closed_now {
             self.live.fetch_sub(1, Ordering::Relaxed);
-            telemetry::session_ended(&Report::of(id, &entry.session));
+            let report = Report::of(id, &entry.session);
+            if let Some(outcome) = report.outcome {
+                metrics::session_ended(outcome, report.close_reason);
+            }
+            telemetry::session_ended(&report);
         }
-        if issued || closed_now {
+        if !issued.is_empty() || closed_now {
             if let Some(notify) = &entry.notify {
                 notify.send_replace(());
             }

@@ -22,6 +22,7 @@ use crate::{
     proto::{self, v1::end_call_service_server::EndCallServiceServer},
     registry::Registry,
     service::EndCallApi,
+    telemetry::metrics,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +86,8 @@ fn remove_stale_socket(path: &PathBuf) -> io::Result<()> {
 
 type ServeFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
-/// Serves until `shutdown` completes, then drains: health turns NOT_SERVING, the listener
-/// closes, watch streams end with UNAVAILABLE (so watchers resume elsewhere with `after_seq`),
+/// Serves until `shutdown` completes, then drains: health turns NOT_SERVING at once, the
+/// listener closes after `config.shutdown_delay`, watch streams end with UNAVAILABLE (so watchers resume elsewhere with `after_seq`),
 /// and in-flight calls get `config.drain_timeout` to finish.
 pub async fn serve(
     config: Config,
@@ -151,13 +152,22 @@ pub async fn serve(
         () = shutdown => {}
     }
 
-    info!(drain_timeout = ?config.drain_timeout, "shutdown requested: draining");
+    info!(
+        shutdown_delay = ?config.shutdown_delay,
+        drain_timeout = ?config.drain_timeout,
+        "shutdown requested: draining"
+    );
     health
         .set_not_serving::<EndCallServiceServer<EndCallApi>>()
         .await;
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
+    // Still serving, but unready: whoever routes by health stops sending work here first.
+    tokio::select! {
+        result = &mut serving => return Ok(result?),
+        () = tokio::time::sleep(config.shutdown_delay) => {}
+    }
     draining.cancel();
     match tokio::time::timeout(config.drain_timeout, serving).await {
         Ok(result) => result?,
@@ -184,6 +194,7 @@ fn oversized_as_resource_exhausted(mut response: http::Response<Body>) -> http::
                 .starts_with("Error, decoded message length too large")
     });
     if too_large {
+        metrics::rejected("size_limit");
         response.headers_mut().insert(
             Status::GRPC_STATUS,
             http::HeaderValue::from(Code::ResourceExhausted as i32),

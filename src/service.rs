@@ -2,12 +2,13 @@
 //!
 //! Thin on purpose: decisions live in the state machine, bookkeeping in the registry.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tracing::{debug, warn, Instrument as _};
 
 use crate::{
     convert::{self, DirectiveMapper, MAX_CALL_DURATION},
@@ -15,6 +16,7 @@ use crate::{
     error::ApiError,
     proto::v1::{self as pb, end_call_service_server::EndCallService},
     registry::{Registry, WatchPoll},
+    telemetry::metrics,
     tool,
 };
 
@@ -58,93 +60,159 @@ impl EndCallApi {
     }
 }
 
+/// Requests that name a session, so every RPC's span and log line carry the session id.
+trait Named {
+    fn session_id(&self) -> &str;
+}
+
+macro_rules! named {
+    ($($request:ty),* $(,)?) => {
+        $(impl Named for $request {
+            fn session_id(&self) -> &str {
+                &self.session_id
+            }
+        })*
+    };
+}
+
+named!(
+    pb::OpenSessionRequest,
+    pb::EndCallRequest,
+    pb::OnSpeechCreatedRequest,
+    pb::OnSpeechDoneRequest,
+    pb::OnSessionCloseRequest,
+    pb::WatchSessionRequest,
+    pb::GetSessionRequest,
+);
+
+impl Named for pb::GetToolRequest {
+    fn session_id(&self) -> &str {
+        ""
+    }
+}
+
+impl EndCallApi {
+    /// Runs one RPC's (synchronous) work inside a span naming the RPC and the session, and
+    /// records its status and latency. Healthy RPCs log at DEBUG only.
+    fn observe<R: Named, T>(
+        &self,
+        method: &'static str,
+        request: Request<R>,
+        handle: impl FnOnce(&Self, R) -> Result<T, ApiError>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        // Only a valid id goes into logs: an invalid one may be huge or hold control characters.
+        let session_id = convert::id("session_id", request.session_id()).unwrap_or("-");
+        let span = tracing::info_span!("rpc", method, session_id);
+        let result = span.in_scope(|| handle(self, request));
+        let code = result.as_ref().map_or_else(ApiError::code, |_| Code::Ok);
+        metrics::rpc(method, code, started.elapsed());
+        span.in_scope(|| match &result {
+            Ok(_) => debug!("ok"),
+            Err(err @ ApiError::ResourceExhausted(_)) => {
+                metrics::rejected(err.reason());
+                warn!(%err, "refused");
+            }
+            Err(err) => {
+                metrics::rejected(err.reason());
+                debug!(%err, "refused");
+            }
+        });
+        result.map(Response::new).map_err(Status::from)
+    }
+}
+
 #[tonic::async_trait]
 impl EndCallService for EndCallApi {
     async fn open_session(
         &self,
         request: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::OpenSessionResponse>, Status> {
-        let req = request.into_inner();
-        let id = convert::id("session_id", &req.session_id)?;
-        let options = convert::options(req.options, &self.registry.settings().defaults)?;
-        let max_duration = convert::duration("max_duration", req.max_duration, MAX_CALL_DURATION)?;
-        let applied = self
-            .registry
-            .apply(
+        self.observe("OpenSession", request, |api, req| {
+            let id = convert::id("session_id", &req.session_id)?;
+            let options = convert::options(req.options, &api.registry.settings().defaults)?;
+            let max_duration =
+                convert::duration("max_duration", req.max_duration, MAX_CALL_DURATION)?;
+            let applied = api.registry.apply(
                 id,
                 Event::Open {
                     options,
                     max_duration,
                 },
-            )
-            .map_err(ApiError::from)?;
-        Ok(Response::new(pb::OpenSessionResponse {
-            state: convert::state(applied.state).into(),
-            options: Some(convert::resolved_options(
-                &applied.options,
-                applied.max_duration,
-            )),
-        }))
+            )?;
+            Ok(pb::OpenSessionResponse {
+                state: convert::state(applied.state).into(),
+                options: Some(convert::resolved_options(
+                    &applied.options,
+                    applied.max_duration,
+                )),
+            })
+        })
     }
 
     async fn end_call(
         &self,
         request: Request<pb::EndCallRequest>,
     ) -> Result<Response<pb::EndCallResponse>, Status> {
-        let req = request.into_inner();
-        let id = convert::id("session_id", &req.session_id)?;
-        let event = Event::EndCall {
-            speech: convert::speech_id(&req.speech_id)?,
-            options: convert::options(req.options, &self.registry.settings().defaults)?,
-            capabilities: convert::capabilities(req.capabilities),
-        };
-        let applied = self.registry.apply(id, event).map_err(ApiError::from)?;
-        Ok(Response::new(pb::EndCallResponse {
-            tool_output: applied.tool_output,
-            directives: self.mapper.directives(id, &applied.step.directives),
-            state: convert::state(applied.state).into(),
-            duplicate: applied.step.duplicate,
-        }))
+        self.observe("EndCall", request, |api, req| {
+            let id = convert::id("session_id", &req.session_id)?;
+            let event = Event::EndCall {
+                speech: convert::speech_id(&req.speech_id)?,
+                options: convert::options(req.options, &api.registry.settings().defaults)?,
+                capabilities: convert::capabilities(req.capabilities),
+            };
+            let applied = api.registry.apply(id, event)?;
+            Ok(pb::EndCallResponse {
+                tool_output: applied.tool_output,
+                directives: api.mapper.directives(id, &applied.step.directives),
+                state: convert::state(applied.state).into(),
+                duplicate: applied.step.duplicate,
+            })
+        })
     }
 
     async fn on_speech_created(
         &self,
         request: Request<pb::OnSpeechCreatedRequest>,
     ) -> Result<Response<pb::EventResponse>, Status> {
-        let req = request.into_inner();
-        let id = convert::id("session_id", &req.session_id)?;
-        let event = Event::SpeechCreated {
-            speech: convert::speech_id(&req.speech_id)?,
-        };
-        Ok(Response::new(self.event_response(id, event)?))
+        self.observe("OnSpeechCreated", request, |api, req| {
+            let id = convert::id("session_id", &req.session_id)?;
+            let event = Event::SpeechCreated {
+                speech: convert::speech_id(&req.speech_id)?,
+            };
+            api.event_response(id, event)
+        })
     }
 
     async fn on_speech_done(
         &self,
         request: Request<pb::OnSpeechDoneRequest>,
     ) -> Result<Response<pb::EventResponse>, Status> {
-        let req = request.into_inner();
-        let id = convert::id("session_id", &req.session_id)?;
-        let event = Event::SpeechDone {
-            speech: convert::speech_id(&req.speech_id)?,
-            interrupted: req.interrupted,
-            capabilities: convert::capabilities(req.capabilities),
-            tool_output_given: req.tool_output_given,
-        };
-        Ok(Response::new(self.event_response(id, event)?))
+        self.observe("OnSpeechDone", request, |api, req| {
+            let id = convert::id("session_id", &req.session_id)?;
+            let event = Event::SpeechDone {
+                speech: convert::speech_id(&req.speech_id)?,
+                interrupted: req.interrupted,
+                capabilities: convert::capabilities(req.capabilities),
+                tool_output_given: req.tool_output_given,
+            };
+            api.event_response(id, event)
+        })
     }
 
     async fn on_session_close(
         &self,
         request: Request<pb::OnSessionCloseRequest>,
     ) -> Result<Response<pb::EventResponse>, Status> {
-        let req = request.into_inner();
-        let id = convert::id("session_id", &req.session_id)?;
-        let event = Event::SessionClose {
-            reason: convert::close_reason(req.reason)?,
-            error: convert::error_message(req.error_message)?,
-        };
-        Ok(Response::new(self.event_response(id, event)?))
+        self.observe("OnSessionClose", request, |api, req| {
+            let id = convert::id("session_id", &req.session_id)?;
+            let event = Event::SessionClose {
+                reason: convert::close_reason(req.reason)?,
+                error: convert::error_message(req.error_message)?,
+            };
+            api.event_response(id, event)
+        })
     }
 
     type WatchSessionStream = ReceiverStream<Result<pb::Directive, Status>>;
@@ -153,59 +221,60 @@ impl EndCallService for EndCallApi {
         &self,
         request: Request<pb::WatchSessionRequest>,
     ) -> Result<Response<Self::WatchSessionStream>, Status> {
-        let req = request.into_inner();
-        let id = convert::id("session_id", &req.session_id)?.to_owned();
-        // The first poll runs here so that a refusal (e.g. the session limit) is the RPC's
-        // status rather than an error in the middle of a stream.
-        let first = self
-            .registry
-            .poll_watch(&id, req.after_seq, WATCH_BATCH, true)
-            .map_err(ApiError::from)?;
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(follow(self.clone(), id, req.after_seq, first, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        self.observe("WatchSession", request, |api, req| {
+            let id = convert::id("session_id", &req.session_id)?.to_owned();
+            // The first poll runs here so that a refusal (e.g. the session limit) is the RPC's
+            // status rather than an error in the middle of a stream.
+            let first = api
+                .registry
+                .poll_watch(&id, req.after_seq, WATCH_BATCH, true)?;
+            let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+            tokio::spawn(follow(api.clone(), id, req.after_seq, first, tx).in_current_span());
+            Ok(ReceiverStream::new(rx))
+        })
     }
 
     async fn get_tool(
         &self,
         request: Request<pb::GetToolRequest>,
     ) -> Result<Response<pb::ToolDefinition>, Status> {
-        let req = request.into_inner();
-        let defaults = &self.registry.settings().defaults;
-        let extra = match req.extra_description {
-            Some(extra) if extra.len() > convert::MAX_TEXT_BYTES => {
-                return Err(ApiError::invalid(
-                    "extra_description",
-                    format!(
-                        "is {} bytes, the limit is {}",
-                        extra.len(),
-                        convert::MAX_TEXT_BYTES
-                    ),
-                )
-                .into())
-            }
-            Some(extra) => extra,
-            None => defaults.extra_description.clone(),
-        };
-        Ok(Response::new(pb::ToolDefinition {
-            name: tool::NAME.to_owned(),
-            description: tool::description(&extra),
-            parameters_json_schema: tool::PARAMETERS_JSON_SCHEMA.to_owned(),
-            ignore_on_enter: req.ignore_on_enter.unwrap_or(defaults.ignore_on_enter),
-        }))
+        self.observe("GetTool", request, |api, req| {
+            let defaults = &api.registry.settings().defaults;
+            let extra = match req.extra_description {
+                Some(extra) if extra.len() > convert::MAX_TEXT_BYTES => {
+                    return Err(ApiError::invalid(
+                        "extra_description",
+                        format!(
+                            "is {} bytes, the limit is {}",
+                            extra.len(),
+                            convert::MAX_TEXT_BYTES
+                        ),
+                    ))
+                }
+                Some(extra) => extra,
+                None => defaults.extra_description.clone(),
+            };
+            Ok(pb::ToolDefinition {
+                name: tool::NAME.to_owned(),
+                description: tool::description(&extra),
+                parameters_json_schema: tool::PARAMETERS_JSON_SCHEMA.to_owned(),
+                ignore_on_enter: req.ignore_on_enter.unwrap_or(defaults.ignore_on_enter),
+            })
+        })
     }
 
     async fn get_session(
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::SessionReport>, Status> {
-        let req = request.into_inner();
-        let id = convert::id("session_id", &req.session_id)?;
-        let report = self
-            .registry
-            .report(id)
-            .ok_or_else(|| ApiError::NotFound { id: id.to_owned() })?;
-        Ok(Response::new(self.mapper.report(report)))
+        self.observe("GetSession", request, |api, req| {
+            let id = convert::id("session_id", &req.session_id)?;
+            let report = api
+                .registry
+                .report(id)
+                .ok_or_else(|| ApiError::NotFound { id: id.to_owned() })?;
+            Ok(api.mapper.report(report))
+        })
     }
 }
 
@@ -217,6 +286,7 @@ async fn follow(
     mut poll: WatchPoll,
     tx: mpsc::Sender<Result<pb::Directive, Status>>,
 ) {
+    let _counted = metrics::WatcherGuard::new();
     loop {
         let full_batch = poll.directives.len() == WATCH_BATCH;
         for directive in &poll.directives {

@@ -14,6 +14,7 @@ use crate::{
     clock::Clock,
     domain::{SessionId, Time},
     registry::Registry,
+    telemetry::metrics,
 };
 
 pub(crate) fn spawn(
@@ -38,6 +39,7 @@ pub(crate) fn spawn(
                     registry.on_timer(&id, at);
                 }
             }
+            metrics::timers_pending(queue.len());
         }
     });
 }

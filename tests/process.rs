@@ -225,6 +225,8 @@ fn help_documents_every_flag_with_its_variable() {
         ("--idle-expiry", "ENDCALL_IDLE_EXPIRY"),
         ("--max-sessions", "ENDCALL_MAX_SESSIONS"),
         ("--max-request-bytes", "ENDCALL_MAX_REQUEST_BYTES"),
+        ("--metrics-listen", "ENDCALL_METRICS_LISTEN"),
+        ("--shutdown-delay", "ENDCALL_SHUTDOWN_DELAY"),
         ("--drain-timeout", "ENDCALL_DRAIN_TIMEOUT"),
         ("--log-format", "ENDCALL_LOG_FORMAT"),
         ("--log-level", "ENDCALL_LOG_LEVEL"),
@@ -248,4 +250,186 @@ fn a_bad_flag_value_exits_2_naming_the_flag() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--log-level"));
+}
+
+/// A free loopback port for a listener the test cannot bind itself (the metrics exporter).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// `GET /metrics` over plain HTTP/1.1, returning the body.
+fn scrape(port: u16) -> String {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap()
+}
+
+/// The value of the sample `name{labels}` whose labels include every pair given.
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            let metric = l.split([' ', '{']).next().unwrap_or("");
+            metric == name
+        })
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_endpoint_reports_rpcs_sessions_directives_and_watchers() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let sidecar = Sidecar::start(&["--metrics-listen", &listen, "--reply-timeout", "100ms"]);
+    let channel = probe::connect(&sidecar.addr, PATIENCE).await.unwrap();
+    let mut c = EndCallServiceClient::new(channel);
+
+    // A pipeline call, a realtime call whose reply times out, a call closed without end_call.
+    c.end_call(end_call("m-pipe", "S")).await.unwrap();
+    c.on_speech_done(done("m-pipe", "S")).await.unwrap();
+    let mut timeout_stream = c
+        .watch_session(watch("m-rt", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    c.end_call(realtime_end_call("m-rt", "S")).await.unwrap();
+    c.on_speech_done(done("m-rt", "S")).await.unwrap();
+    next(&mut timeout_stream).await;
+    for id in ["m-pipe", "m-rt", "m-none"] {
+        c.on_session_close(close(id, CloseReason::UserInitiated))
+            .await
+            .unwrap();
+    }
+    assert_eq!(kind(&next(&mut timeout_stream).await), Kind::DeleteRoom);
+    next(&mut timeout_stream).await;
+    assert_ends(&mut timeout_stream).await;
+    // One bad request, and one watcher left open.
+    c.end_call(end_call("", "S")).await.unwrap_err();
+    let _open = c
+        .watch_session(watch("m-open", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    c.on_speech_created(created("m-open", "A")).await.unwrap();
+
+    let body = scrape(port);
+    let expect = |name: &str, labels: &[(&str, &str)], value: f64| {
+        assert_eq!(
+            sample(&body, name, labels),
+            Some(value),
+            "{name}{labels:?} in\n{body}"
+        );
+    };
+    expect(
+        "endcall_rpc_requests_total",
+        &[("method", "EndCall"), ("code", "OK")],
+        2.0,
+    );
+    expect(
+        "endcall_rpc_requests_total",
+        &[("method", "EndCall"), ("code", "INVALID_ARGUMENT")],
+        1.0,
+    );
+    expect(
+        "endcall_requests_rejected_total",
+        &[("reason", "validation")],
+        1.0,
+    );
+    expect(
+        "endcall_sessions_ended_total",
+        &[("outcome", "tool_turn_done")],
+        1.0,
+    );
+    expect(
+        "endcall_sessions_ended_total",
+        &[("outcome", "reply_timeout")],
+        1.0,
+    );
+    expect(
+        "endcall_sessions_ended_total",
+        &[("outcome", "closed_without_end_call")],
+        1.0,
+    );
+    expect(
+        "endcall_sessions_closed_total",
+        &[("reason", "user_initiated")],
+        3.0,
+    );
+    expect(
+        "endcall_directives_total",
+        &[("kind", "shutdown_session")],
+        2.0,
+    );
+    expect("endcall_directives_total", &[("kind", "delete_room")], 2.0);
+    expect("endcall_directives_total", &[("kind", "shutdown_job")], 2.0);
+    expect("endcall_end_call_to_shutdown_seconds_count", &[], 2.0);
+    expect("endcall_sessions", &[("state", "closed")], 3.0);
+    expect("endcall_sessions", &[("state", "active")], 1.0);
+    expect("endcall_watchers", &[], 1.0);
+    assert!(sample(&body, "endcall_timers_pending", &[]).is_some_and(|n| n >= 1.0));
+    assert!(
+        sample(
+            &body,
+            "endcall_rpc_duration_seconds_bucket",
+            &[("method", "OnSpeechDone"), ("le", "+Inf")]
+        ) == Some(2.0),
+        "{body}"
+    );
+    assert!(
+        body.contains("# HELP endcall_sessions_ended_total"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn health_turns_not_serving_while_the_shutdown_delay_runs() {
+    let mut sidecar = Sidecar::start(&["--shutdown-delay", "3s"]);
+    let channel = probe::connect(&sidecar.addr, PATIENCE).await.unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let mut c = EndCallServiceClient::new(channel);
+    let check = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let status = health
+        .check(check.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving);
+
+    sidecar.signal("TERM");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = health
+            .check(check.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        if status == ServingStatus::NotServing {
+            break;
+        }
+        assert!(Instant::now() < deadline, "health never turned NOT_SERVING");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Unready, yet still serving the calls it gets during the delay.
+    c.end_call(end_call("late", "S")).await.unwrap();
+    assert!(sidecar.wait().await.success());
 }

@@ -1,4 +1,7 @@
-//! Logging: the subscriber set-up and the one structured line a session leaves when it ends.
+//! Logs and metrics: the subscriber set-up, the one structured line a session leaves when it
+//! ends, and (in `metrics`) the Prometheus metrics.
+
+pub mod metrics;
 
 use tracing::info;
 use tracing_subscriber::EnvFilter;

@@ -1,0 +1,175 @@
+//! Prometheus metrics: every name, label and meaning in one place (the README's table mirrors
+//! this file), recorded through the `metrics` facade so that without `--metrics-listen` each
+//! call is a no-op.
+
+use std::{net::SocketAddr, time::Duration};
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+use tonic::Code;
+
+use crate::domain::{CloseReason, Directive, Outcome, State};
+
+pub const RPC_REQUESTS: &str = "endcall_rpc_requests_total";
+pub const RPC_DURATION: &str = "endcall_rpc_duration_seconds";
+pub const REQUESTS_REJECTED: &str = "endcall_requests_rejected_total";
+pub const SESSIONS: &str = "endcall_sessions";
+pub const SESSIONS_ENDED: &str = "endcall_sessions_ended_total";
+pub const SESSIONS_CLOSED: &str = "endcall_sessions_closed_total";
+pub const END_CALL_TO_SHUTDOWN: &str = "endcall_end_call_to_shutdown_seconds";
+pub const DIRECTIVES: &str = "endcall_directives_total";
+pub const TIMERS_PENDING: &str = "endcall_timers_pending";
+pub const WATCHERS: &str = "endcall_watchers";
+
+/// RPC latencies: tens of microseconds to a second.
+const RPC_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
+];
+/// Goodbyes: from an instant pipeline shutdown to the playout guard and beyond.
+const GOODBYE_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0];
+
+/// Serves `/metrics` on `addr` and installs the global recorder. Must run inside the runtime.
+pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
+    let (recorder, exporter) = PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Full(RPC_DURATION.into()), RPC_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(END_CALL_TO_SHUTDOWN.into()), GOODBYE_BUCKETS)?
+        .build()?;
+    metrics::set_global_recorder(recorder).map_err(BuildError::FailedToSetGlobalRecorder)?;
+    tokio::spawn(exporter);
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!(
+        RPC_REQUESTS,
+        "EndCallService RPCs by method and gRPC status code."
+    );
+    describe_histogram!(
+        RPC_DURATION,
+        Unit::Seconds,
+        "EndCallService RPC latency by method."
+    );
+    describe_counter!(
+        REQUESTS_REJECTED,
+        "Refused requests by reason: validation, precondition, not_found, session_limit, size_limit."
+    );
+    describe_gauge!(
+        SESSIONS,
+        "Sessions held, by state (closed ones until their retention ends)."
+    );
+    describe_counter!(
+        SESSIONS_ENDED,
+        "Sessions ended, by outcome (the SHUTDOWN_SESSION cause, or how a session closed without one)."
+    );
+    describe_counter!(
+        SESSIONS_CLOSED,
+        "Sessions closed by the worker, by close reason."
+    );
+    describe_histogram!(
+        END_CALL_TO_SHUTDOWN,
+        Unit::Seconds,
+        "Time from a session's first EndCall to its SHUTDOWN_SESSION."
+    );
+    describe_counter!(DIRECTIVES, "Directives issued, by kind.");
+    describe_gauge!(
+        TIMERS_PENDING,
+        "Entries in the timer wheel (deadlines, expiries, retention ends)."
+    );
+    describe_gauge!(WATCHERS, "Open WatchSession streams.");
+}
+
+pub fn rpc(method: &'static str, code: Code, elapsed: Duration) {
+    counter!(RPC_REQUESTS, "method" => method, "code" => code_name(code)).increment(1);
+    histogram!(RPC_DURATION, "method" => method).record(elapsed.as_secs_f64());
+}
+
+pub fn rejected(reason: &'static str) {
+    counter!(REQUESTS_REJECTED, "reason" => reason).increment(1);
+}
+
+/// A session moved from one state to another; `None` is "not held".
+pub fn session_state(from: Option<State>, to: Option<State>) {
+    if from == to {
+        return;
+    }
+    if let Some(from) = from {
+        gauge!(SESSIONS, "state" => from.as_str()).decrement(1.0);
+    }
+    if let Some(to) = to {
+        gauge!(SESSIONS, "state" => to.as_str()).increment(1.0);
+    }
+}
+
+pub fn session_ended(outcome: Outcome, reason: Option<CloseReason>) {
+    counter!(SESSIONS_ENDED, "outcome" => outcome.as_str()).increment(1);
+    if let Some(reason) = reason {
+        counter!(SESSIONS_CLOSED, "reason" => reason.as_str()).increment(1);
+    }
+}
+
+pub fn end_call_to_shutdown(elapsed: Duration) {
+    histogram!(END_CALL_TO_SHUTDOWN).record(elapsed.as_secs_f64());
+}
+
+pub fn directive(directive: &Directive) {
+    let kind = match directive {
+        Directive::ShutdownSession { .. } => "shutdown_session",
+        Directive::DeleteRoom => "delete_room",
+        Directive::ShutdownJob { .. } => "shutdown_job",
+        Directive::WindUp => "wind_up",
+    };
+    counter!(DIRECTIVES, "kind" => kind).increment(1);
+}
+
+pub fn timers_pending(n: usize) {
+    gauge!(TIMERS_PENDING).set(n as f64);
+}
+
+/// Counts an open watch stream for as long as it lives.
+pub struct WatcherGuard(());
+
+impl WatcherGuard {
+    pub fn new() -> Self {
+        gauge!(WATCHERS).increment(1.0);
+        WatcherGuard(())
+    }
+}
+
+impl Default for WatcherGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        gauge!(WATCHERS).decrement(1.0);
+    }
+}
+
+/// gRPC's canonical names, as grpcurl prints them.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
