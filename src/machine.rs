@@ -667,4 +667,6 @@ impl Session {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;

@@ -1,0 +1,208 @@
+//! Model-based property tests: random sequences of events and time advances, with a perfect
+//! timer (every deadline applied at its instant), checked against the contract's invariants.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::domain::{Capabilities, CloseReason, Directive, Event, Options, ShutdownCause};
+
+const GUARD: Duration = Duration::from_secs(30);
+const TIMING: Timing = Timing {
+    playout_guard: GUARD,
+    wind_up_grace: Duration::from_secs(10),
+};
+const SPEECHES: [&str; 4] = ["S1", "S2", "R1", "R2"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    EndCall(usize, Capabilities),
+    Created(usize),
+    Done(usize, bool, Option<bool>),
+    Close(CloseReason),
+    Advance(u64),
+}
+
+fn capabilities() -> impl Strategy<Value = Capabilities> {
+    (
+        proptest::option::of(any::<bool>()),
+        proptest::option::of(any::<bool>()),
+    )
+        .prop_map(|(realtime, auto_tool_reply)| Capabilities {
+            realtime,
+            auto_tool_reply,
+        })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let speech = 0..SPEECHES.len();
+    prop_oneof![
+        3 => (speech.clone(), capabilities()).prop_map(|(s, c)| Op::EndCall(s, c)),
+        3 => speech.clone().prop_map(Op::Created),
+        4 => (speech, any::<bool>(), proptest::option::of(any::<bool>()))
+            .prop_map(|(s, i, g)| Op::Done(s, i, g)),
+        1 => proptest::sample::select(CloseReason::ALL.to_vec()).prop_map(Op::Close),
+        3 => (0u64..40_000).prop_map(Op::Advance),
+    ]
+}
+
+fn options() -> impl Strategy<Value = Options> {
+    (any::<bool>(), any::<bool>(), any::<bool>(), 100u64..10_000).prop_map(
+        |(delete_room, output, early, timeout)| Options {
+            delete_room,
+            end_instructions: output.then(|| "bye".to_owned()),
+            early_reply_capture: early,
+            reply_timeout: Duration::from_millis(timeout),
+            ..Options::default()
+        },
+    )
+}
+
+/// Runs the ops; returns the session, every directive issued in order, the time of the
+/// first EndCall, and the time the first tool speech was done (with its EndCall seen).
+struct Run {
+    session: Session,
+    issued: Vec<IssuedDirective>,
+    first_end_call: Option<Time>,
+    /// When each tool speech became done (with its EndCall seen), in order.
+    tool_done: Vec<Time>,
+    now: Time,
+}
+
+fn run(options: Options, ops: &[Op]) -> Run {
+    let options = Arc::new(options);
+    let mut now = Time::from_micros(1_000_000_000_000_000);
+    let mut session = Session::new(Arc::clone(&options), now);
+    let mut issued = Vec::new();
+    let mut first_end_call = None;
+    let mut tool_done = Vec::new();
+    let mut called = [false; SPEECHES.len()];
+    let mut done = [false; SPEECHES.len()];
+    for op in ops {
+        let event = match op {
+            Op::Advance(ms) => {
+                let target = now + Duration::from_millis(*ms);
+                // A perfect timer: each deadline is applied at its own instant.
+                while let Some(deadline) = session.next_deadline(&TIMING).filter(|d| *d <= target) {
+                    now = now.max(deadline);
+                    issued.extend(session.on_time(now, &TIMING));
+                }
+                now = target;
+                continue;
+            }
+            Op::EndCall(s, capabilities) => Event::EndCall {
+                speech: SpeechId::new(SPEECHES[*s]),
+                options: Some(Arc::clone(&options)),
+                capabilities: *capabilities,
+            },
+            Op::Created(s) => Event::SpeechCreated {
+                speech: SpeechId::new(SPEECHES[*s]),
+            },
+            Op::Done(s, interrupted, tool_output_given) => Event::SpeechDone {
+                speech: SpeechId::new(SPEECHES[*s]),
+                interrupted: *interrupted,
+                capabilities: Capabilities::default(),
+                tool_output_given: *tool_output_given,
+            },
+            Op::Close(reason) => Event::SessionClose {
+                reason: *reason,
+                error: None,
+            },
+        };
+        let was_closed = session.is_closed();
+        match session.handle(event, now, &TIMING) {
+            Ok(step) => {
+                // A repeated close answers the first close's directives again: not new ones.
+                if !(step.duplicate && was_closed) {
+                    issued.extend(step.directives);
+                }
+                if !was_closed {
+                    match op {
+                        Op::EndCall(s, _) => {
+                            first_end_call.get_or_insert(now);
+                            if done[*s] && !called[*s] {
+                                tool_done.push(now);
+                            }
+                            called[*s] = true;
+                        }
+                        Op::Done(s, ..) => {
+                            if called[*s] && !done[*s] {
+                                tool_done.push(now);
+                            }
+                            done[*s] = true;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Err(Rejection::Closed) => assert!(was_closed, "only a closed session refuses"),
+            Err(other) => panic!("unexpected rejection {other:?}"),
+        }
+    }
+    Run {
+        session,
+        issued,
+        first_end_call,
+        tool_done,
+        now,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn directives_obey_the_contract(options in options(), ops in proptest::collection::vec(op(), 0..40)) {
+        let delete_room = options.delete_room;
+        let reply_timeout = options.reply_timeout;
+        let mut r = run(options, &ops);
+        // Then nothing happens for long enough that every deadline has passed.
+        let later = r.now + GUARD * 2 + reply_timeout + Duration::from_secs(1);
+        while let Some(deadline) = r.session.next_deadline(&TIMING).filter(|d| *d <= later) {
+            r.issued.extend(r.session.on_time(deadline.max(r.now), &TIMING));
+        }
+
+        // Sequence numbers: 1, 2, 3, ... with no gaps, and the session's log agrees.
+        let seqs: Vec<u64> = r.issued.iter().map(|d| d.seq).collect();
+        prop_assert_eq!(seqs, (1..=r.issued.len() as u64).collect::<Vec<_>>());
+        prop_assert_eq!(r.session.directives(), &r.issued[..]);
+
+        let shutdowns = r.issued.iter().filter(|d| matches!(d.directive, Directive::ShutdownSession { .. })).count();
+        prop_assert!(shutdowns <= 1, "at most one SHUTDOWN_SESSION");
+
+        let job = r.issued.iter().position(|d| matches!(d.directive, Directive::ShutdownJob { .. }));
+        if let Some(job) = job {
+            prop_assert_eq!(job, r.issued.len() - 1, "nothing after SHUTDOWN_JOB");
+            prop_assert!(r.session.is_closed(), "SHUTDOWN_JOB only after a close");
+            prop_assert!(r.first_end_call.is_some(), "SHUTDOWN_JOB only after an end_call");
+            let room_before = job > 0 && r.issued[job - 1].directive == Directive::DeleteRoom;
+            prop_assert_eq!(room_before, delete_room, "DELETE_ROOM right before SHUTDOWN_JOB iff delete_room");
+        }
+        if !delete_room {
+            prop_assert!(r.issued.iter().all(|d| d.directive != Directive::DeleteRoom));
+        }
+        if r.session.is_closed() && r.first_end_call.is_some() && r.session.close_reason().is_some() {
+            prop_assert!(job.is_some(), "a close after end_call shuts the job down");
+        }
+        if r.first_end_call.is_none() {
+            prop_assert!(r.issued.is_empty(), "no end_call, no directive");
+        }
+
+        // Liveness: once end_call was called the session ends (or closes), within the bounds.
+        if let Some(called) = r.first_end_call {
+            let shutdown = r.issued.iter().find(|d| matches!(d.directive, Directive::ShutdownSession { .. }));
+            match (shutdown, r.session.closed_at()) {
+                (Some(d), closed) => {
+                    prop_assert!(closed.is_none_or(|c| d.at <= c));
+                    prop_assert!(d.at <= called + GUARD * 2 + reply_timeout, "within guard + timeout + guard of end_call");
+                    if let Some(first_done) = r.tool_done.first() {
+                        prop_assert!(d.at <= *first_done + reply_timeout + GUARD, "within timeout + guard of the tool speech ending");
+                    }
+                    if let Directive::ShutdownSession { cause: ShutdownCause::ToolTurnDone } = d.directive {
+                        prop_assert!(r.tool_done.contains(&d.at), "the tool turn's end is a tool speech's done");
+                    }
+                }
+                (None, closed) => prop_assert!(closed.is_some(), "end_call without shutdown or close"),
+            }
+        }
+    }
+}
