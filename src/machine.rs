@@ -393,11 +393,13 @@ impl Session {
         }
     }
 
-    /// Rows 7 and 8.
+    /// Rows 7 and 8. A call the sidecar itself ended (the max-duration extension, before any
+    /// end_call) is wound down like one ended by end_call, or a phone caller would be left in
+    /// a room with no agent.
     fn close(&mut self, reason: CloseReason, error: Option<String>, now: Time) {
         self.record(now, EventRecord::Close { reason }, false);
         let first_directive = self.directives.len();
-        if !self.tool_speeches.is_empty() {
+        if !self.tool_speeches.is_empty() || self.shutdown.is_some() {
             if self.options.delete_room {
                 self.issue(Directive::DeleteRoom, now);
             }

@@ -762,6 +762,24 @@ fn max_duration_winds_up_then_shuts_down_after_the_grace() {
 }
 
 #[test]
+fn max_duration_shutdown_then_close_deletes_the_room_and_shuts_the_job_down() {
+    // No end_call ever came, but the sidecar ended the call: the room must not outlive it.
+    let mut s = new_session();
+    apply(&mut s, open(Some(Duration::from_secs(60))), t(0));
+    tick(&mut s, t(60_000));
+    tick(&mut s, t(70_000));
+    assert_eq!(
+        apply(&mut s, close(CloseReason::UserInitiated), t(71_000)),
+        [
+            Directive::DeleteRoom,
+            Directive::ShutdownJob {
+                reason: CloseReason::UserInitiated
+            }
+        ]
+    );
+}
+
+#[test]
 fn max_duration_wind_up_leads_to_a_normal_end_call() {
     let mut s = new_session();
     apply(&mut s, open(Some(Duration::from_secs(60))), t(0));

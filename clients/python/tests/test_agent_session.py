@@ -1,0 +1,134 @@
+"""End to end: a real livekit.agents AgentSession in text mode (no room, LiveKit's fake job
+context), a scripted LLM that calls end_call and then says goodbye, SidecarEndCallTool and a
+real sidecar."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from livekit.agents import Agent, AgentSession, llm
+from livekit.agents.testing import fake_job_context
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS
+
+from endcall_sidecar import EndCallClient, Outcome, SessionState
+from endcall_sidecar.livekit import SidecarEndCallTool
+
+GOODBYE = "Thanks for calling, goodbye!"
+
+
+class ScriptedLLM(llm.LLM):
+    """First turn: call end_call. Any later turn (the reply to the tool's output): goodbye."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[dict[str, Any]] = []
+
+    def chat(self, *, chat_ctx: llm.ChatContext, tools: list | None = None,
+             conn_options: Any = DEFAULT_API_CONNECT_OPTIONS, **kwargs: Any) -> llm.LLMStream:
+        self.requests.append({"tools": list(tools or []), "chat_ctx": chat_ctx.copy()})
+        return _ScriptedStream(self, chat_ctx=chat_ctx, tools=tools or [],
+                               conn_options=conn_options, turn=len(self.requests))
+
+
+class _ScriptedStream(llm.LLMStream):
+    def __init__(self, llm_: ScriptedLLM, *, turn: int, **kwargs: Any) -> None:
+        super().__init__(llm_, **kwargs)
+        self._turn = turn
+
+    async def _run(self) -> None:
+        if self._turn == 1:
+            delta = llm.ChoiceDelta(
+                role="assistant",
+                tool_calls=[llm.FunctionToolCall(name="end_call", arguments="{}",
+                                                 call_id="call_end_1")],
+            )
+        else:
+            delta = llm.ChoiceDelta(role="assistant", content=GOODBYE)
+        self._event_ch.send_nowait(llm.ChatChunk(id=f"chunk-{self._turn}", delta=delta))
+
+
+async def test_agent_session_ends_after_goodbye(sidecar) -> None:
+    timeline: list[tuple] = []
+    scripted = ScriptedLLM()
+    tool = SidecarEndCallTool(address=sidecar.address, extra_description="Extra: be polite.")
+    closed = asyncio.Event()
+
+    with fake_job_context(job_id="e2e-job") as job_ctx:
+        shutdown_reasons: list[str] = []
+        job_ctx._on_shutdown = lambda reason: (shutdown_reasons.append(reason),
+                                               timeline.append(("job.shutdown", reason)))
+        deleted: list[bool] = []
+
+        def _delete_room(room_name: str | None = None) -> Any:
+            deleted.append(True)
+            timeline.append(("job.delete_room",))
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            return fut
+
+        job_ctx.delete_room = _delete_room  # type: ignore[method-assign]
+
+        session = AgentSession(llm=scripted)
+
+        @session.on("conversation_item_added")
+        def _item(ev: Any) -> None:
+            item = ev.item
+            if getattr(item, "role", None) == "assistant":
+                timeline.append(("assistant", item.text_content))
+
+        @session.on("close")
+        def _closed(ev: Any) -> None:
+            timeline.append(("close", ev.reason.value))
+            closed.set()
+
+        await session.start(Agent(instructions="You are a test agent.", tools=[tool]),
+                            record=False)
+        # the tool took its definition from the sidecar
+        assert tool.tool_definition is not None
+        assert tool.tool_definition.name == "end_call"
+        assert tool.tool_definition.description.rstrip().endswith("Extra: be polite.")
+
+        result = session.run(user_input="That's all, thank you. Bye!")
+        await asyncio.wait_for(result, timeout=15)
+        await asyncio.wait_for(closed.wait(), timeout=15)
+
+        sid = tool.session_id_of(session)
+        assert sid is not None and sid.startswith("e2e-job-")
+        # the tool's output reached the LLM, which then said goodbye; then the session closed
+        assert len(scripted.requests) == 2
+        tool_names = [getattr(t, "id", None) for t in scripted.requests[0]["tools"]]
+        assert "end_call" in tool_names
+        outputs = [
+            i.output for i in scripted.requests[1]["chat_ctx"].items
+            if i.type == "function_call_output"
+        ]
+        assert outputs == ["say goodbye to the user"]
+
+        # the job is shut down with the close reason once the sidecar answered the close
+        async def _job_shutdown() -> None:
+            while not shutdown_reasons:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(_job_shutdown(), timeout=10)
+        assert shutdown_reasons == ["user_initiated"]
+        # the room deletion runs as a job shutdown callback
+        assert not deleted
+        for cb in list(job_ctx._shutdown_callbacks):
+            await cb("user_initiated")
+        assert deleted == [True]
+
+        assert timeline == [
+            ("assistant", GOODBYE),
+            ("close", "user_initiated"),
+            ("job.shutdown", "user_initiated"),
+            ("job.delete_room",),
+        ], timeline
+
+        async with EndCallClient(sidecar.address) as client:
+            report = await client.get_session(sid)
+        assert report.state == SessionState.CLOSED
+        assert report.outcome == Outcome.TOOL_TURN_DONE
+        assert report.goodbye_duration is not None and report.goodbye_duration >= 0
+        assert not tool.in_fallback(session)
+        await session.aclose()
