@@ -189,6 +189,26 @@ async fn json_logs_carry_one_end_of_call_report_per_session() {
         .collect();
     assert_eq!(reports.len(), 1, "{logs}");
     assert_eq!(reports[0]["session_id"], "logged");
+    // Logged inside the RPC's span, which names the RPC and the session.
+    assert_eq!(reports[0]["span"]["method"], "OnSessionClose");
+    assert_eq!(reports[0]["span"]["session_id"], "logged");
+    // Healthy RPCs leave no line at INFO: only start-up, the report and the shutdown do.
+    let info: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["level"] == "INFO")
+        .filter_map(|l| l["message"].as_str())
+        .collect();
+    assert_eq!(
+        info,
+        [
+            "serving",
+            "session ended",
+            "SIGTERM received",
+            "shutdown requested: draining",
+            "stopped"
+        ],
+        "{logs}"
+    );
     assert_eq!(reports[0]["outcome"], "tool_turn_done");
     assert_eq!(reports[0]["close_reason"], "user_initiated");
     let report: serde_json::Value =
