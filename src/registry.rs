@@ -498,3 +498,146 @@ mod tests {
         assert!(poll.finished);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! The registry under random events and time advances on tokio's paused clock: the timer
+    //! wheel must deliver every deadline, so the same liveness bound as the pure machine holds.
+
+    use proptest::prelude::*;
+    use tokio::time::sleep;
+
+    use super::*;
+    use crate::domain::{Capabilities, CloseReason, Directive, SpeechId};
+
+    const GUARD: Duration = Duration::from_millis(3000);
+    const REPLY_TIMEOUT: Duration = Duration::from_millis(1000);
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        EndCall(u8, bool),
+        Created(u8),
+        Done(u8),
+        Close,
+        Sleep(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..3, any::<bool>()).prop_map(|(s, rt)| Op::EndCall(s, rt)),
+            (0u8..3).prop_map(Op::Created),
+            (0u8..3).prop_map(Op::Done),
+            Just(Op::Close),
+            (0u64..5000).prop_map(Op::Sleep),
+        ]
+    }
+
+    fn event(op: &Op) -> Option<Event> {
+        let speech = |s: &u8| SpeechId::new(&format!("S{s}"));
+        Some(match op {
+            Op::EndCall(s, realtime) => Event::EndCall {
+                speech: speech(s),
+                options: None,
+                capabilities: Capabilities {
+                    realtime: Some(*realtime),
+                    auto_tool_reply: Some(true),
+                },
+            },
+            Op::Created(s) => Event::SpeechCreated { speech: speech(s) },
+            Op::Done(s) => Event::SpeechDone {
+                speech: speech(s),
+                interrupted: false,
+                capabilities: Capabilities::default(),
+                tool_output_given: None,
+            },
+            Op::Close => Event::SessionClose {
+                reason: CloseReason::UserInitiated,
+                error: None,
+            },
+            Op::Sleep(_) => return None,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn every_end_call_ends_in_time_through_the_timer_wheel(ops in proptest::collection::vec(op(), 1..25)) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let settings = Settings {
+                    defaults: Arc::new(Options {
+                        reply_timeout: REPLY_TIMEOUT,
+                        ..Options::default()
+                    }),
+                    timing: Timing {
+                        playout_guard: GUARD,
+                        wind_up_grace: Duration::from_secs(10),
+                    },
+                    closed_retention: Duration::from_secs(3600),
+                    idle_expiry: Duration::from_secs(3600),
+                    max_sessions: 10,
+                };
+                let registry = Registry::start(settings, Clock::new());
+                let mut first_end_call = None;
+                let mut closed = false;
+                for op in &ops {
+                    match event(op) {
+                        Some(event) => {
+                            let is_end_call = matches!(op, Op::EndCall(..));
+                            match registry.apply("p", event) {
+                                Ok(_) => {
+                                    if is_end_call {
+                                        first_end_call.get_or_insert(registry.clock().now());
+                                    }
+                                    closed |= matches!(op, Op::Close);
+                                }
+                                Err(RegistryError::Rejected(Rejection::Closed)) => assert!(closed),
+                                Err(other) => panic!("{other:?}"),
+                            }
+                        }
+                        None => {
+                            if let Op::Sleep(ms) = op {
+                                sleep(Duration::from_millis(*ms)).await;
+                            }
+                        }
+                    }
+                }
+                // Quiet long enough for every deadline; the paused clock jumps there at once.
+                sleep(GUARD * 2 + REPLY_TIMEOUT + Duration::from_millis(10)).await;
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+                let Some(report) = registry.report("p") else {
+                    // Only sleeps: no session was ever created.
+                    assert!(ops.iter().all(|op| matches!(op, Op::Sleep(_))));
+                    return;
+                };
+                let seqs: Vec<u64> = report.directives.iter().map(|d| d.seq).collect();
+                assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+                let shutdowns: Vec<_> = report
+                    .directives
+                    .iter()
+                    .filter(|d| matches!(d.directive, Directive::ShutdownSession { .. }))
+                    .collect();
+                assert!(shutdowns.len() <= 1);
+                if let Some(called) = first_end_call {
+                    match shutdowns.first() {
+                        Some(d) => {
+                            // The wheel fires on millisecond ticks: allow one.
+                            let bound = called + GUARD * 2 + REPLY_TIMEOUT + Duration::from_millis(1);
+                            assert!(d.at <= bound, "shutdown at {:?} after bound {:?}", d.at, bound);
+                        }
+                        None => assert!(report.state == State::Closed, "end_call never ended: {report:?}"),
+                    }
+                } else {
+                    assert!(report.directives.is_empty());
+                }
+            });
+        }
+    }
+}
