@@ -288,6 +288,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Shutdown(ShutdownCause::ToolTurnDone),
+        Outcome::Shutdown(ShutdownCause::ReplyPlayedOut),
+        Outcome::Shutdown(ShutdownCause::ReplyTimeout),
+        Outcome::Shutdown(ShutdownCause::PlayoutGuard),
+        Outcome::Shutdown(ShutdownCause::MaxDuration),
+        Outcome::ClosedDuringEndCall,
+        Outcome::ClosedWithoutEndCall,
+        Outcome::Expired,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Outcome::Shutdown(ShutdownCause::ToolTurnDone) => "tool_turn_done",

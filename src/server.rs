@@ -1,7 +1,7 @@
 //! Assembles the gRPC server (our service, health, reflection, limits), serves one listener
 //! until shutdown is asked for, then drains within a bound.
 
-use std::{future::Future, io, path::PathBuf, pin::Pin};
+use std::{future::Future, io, os::unix::fs::PermissionsExt as _, path::PathBuf, pin::Pin};
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -55,6 +55,10 @@ impl Listener {
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path).map_err(bind_error)?;
                 let listener = UnixListener::bind(path).map_err(bind_error)?;
+                // Connecting takes write permission: owner and group (an agent container in the
+                // same pod's fsGroup), nobody else.
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+                    .map_err(bind_error)?;
                 Ok(Listener::Unix(listener, path.clone()))
             }
         }

@@ -316,6 +316,24 @@ async fn metrics_endpoint_reports_rpcs_sessions_directives_and_watchers() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let sidecar = Sidecar::start(&["--metrics-listen", &listen, "--reply-timeout", "100ms"]);
+    // Before any call, the gauges and outcome counters already read 0 (not "no data").
+    let body = scrape(port);
+    assert_eq!(
+        sample(&body, "endcall_sessions", &[("state", "active")]),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(sample(&body, "endcall_watchers", &[]), Some(0.0), "{body}");
+    assert_eq!(
+        sample(
+            &body,
+            "endcall_sessions_ended_total",
+            &[("outcome", "reply_timeout")]
+        ),
+        Some(0.0),
+        "{body}"
+    );
+
     let channel = probe::connect(&sidecar.addr, PATIENCE).await.unwrap();
     let mut c = EndCallServiceClient::new(channel);
 

@@ -12,6 +12,10 @@ async fn pipeline_flow_and_reply_timeout_over_a_unix_socket() {
     let listen = format!("unix:{}", path.display());
     let server = TestServer::start_on(&listen, &["--reply-timeout", "200ms"]).await;
     let mut c = server.client().await;
+    // Owner and group may connect (an agent in the pod's fsGroup); others may not.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "socket mode {mode:o}");
 
     c.end_call(end_call("u1", "S")).await.unwrap();
     let reply = c

@@ -40,7 +40,21 @@ pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
     metrics::set_global_recorder(recorder).map_err(BuildError::FailedToSetGlobalRecorder)?;
     tokio::spawn(exporter);
     describe();
+    zero();
     Ok(())
+}
+
+/// Publishes every gauge and the outcome counters at 0, so a dashboard shows 0 rather than no
+/// data before the first call.
+fn zero() {
+    for state in State::ALL {
+        gauge!(SESSIONS, "state" => state.as_str()).set(0.0);
+    }
+    gauge!(WATCHERS).set(0.0);
+    gauge!(TIMERS_PENDING).set(0.0);
+    for outcome in Outcome::ALL {
+        counter!(SESSIONS_ENDED, "outcome" => outcome.as_str()).absolute(0);
+    }
 }
 
 fn describe() {

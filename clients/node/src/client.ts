@@ -24,7 +24,7 @@ export const DEFAULT_ADDRESS = '127.0.0.1:50051';
 
 export interface EndCallClientOptions {
   /**
-   * `host:port` or `unix:/path/to.sock`. Default: env `ENDCALL_ADDRESS`, else `127.0.0.1:50051`.
+   * `host:port` or `unix:/path/to.sock`. Default: env `ENDCALL_SIDECAR_ADDR`, else `127.0.0.1:50051`.
    */
   address?: string;
   /** Default: insecure (the sidecar listens on loopback or a Unix socket). */
@@ -79,7 +79,7 @@ export class EndCallClient {
   readonly #retryDelayMs: number;
 
   constructor(options: EndCallClientOptions = {}) {
-    this.address = options.address ?? process.env.ENDCALL_ADDRESS ?? DEFAULT_ADDRESS;
+    this.address = options.address ?? process.env.ENDCALL_SIDECAR_ADDR ?? DEFAULT_ADDRESS;
     const Service = loadApi().endcall.v1.EndCallService;
     this.#stub = new Service(
       this.address,

@@ -51,7 +51,7 @@ export interface SidecarEndCallToolOptions<UserData = unknown> {
   onToolCalled?: (event: llm.ToolCalledEvent<UserData>) => Promise<void> | void;
   onToolCompleted?: (event: llm.ToolCompletedEvent<UserData>) => Promise<void> | void;
 
-  /** The sidecar's address (`host:port` or `unix:/path`). Default: env ENDCALL_ADDRESS, else 127.0.0.1:50051. */
+  /** The sidecar's address (`host:port` or `unix:/path`). Default: env ENDCALL_SIDECAR_ADDR, else 127.0.0.1:50051. */
   address?: string;
   /** A client to share between tools (then `address` is ignored). */
   client?: EndCallClient;
