@@ -207,8 +207,9 @@ impl From<&ServeArgs> for Config {
     fn from(args: &ServeArgs) -> Self {
         let defaults = Options {
             delete_room: args.delete_room,
-            end_instructions: (!args.no_end_instructions).then(|| args.end_instructions.clone()),
-            extra_description: args.extra_description.clone(),
+            end_instructions: (!args.no_end_instructions)
+                .then(|| Arc::from(args.end_instructions.as_str())),
+            extra_description: Arc::from(args.extra_description.as_str()),
             ignore_on_enter: args.ignore_on_enter,
             reply_timeout: args.reply_timeout,
             early_reply_capture: args.early_reply_capture,

@@ -86,7 +86,7 @@ pub fn options(
     let end_instructions = match raw.end_instructions.and_then(|e| e.value) {
         None => None,
         Some(pb::end_instructions::Value::Text(t)) => {
-            Some(Some(text("options.end_instructions.text", t)?))
+            Some(Some(Arc::from(text("options.end_instructions.text", t)?)))
         }
         Some(pb::end_instructions::Value::None(true)) => Some(None),
         Some(pb::end_instructions::Value::None(false)) => {
@@ -101,7 +101,7 @@ pub fn options(
         end_instructions,
         extra_description: raw
             .extra_description
-            .map(|t| text("options.extra_description", t))
+            .map(|t| text("options.extra_description", t).map(Arc::from))
             .transpose()?,
         ignore_on_enter: raw.ignore_on_enter,
         reply_timeout: duration(
@@ -291,8 +291,8 @@ impl DirectiveMapper {
 pub fn resolved_options(options: &Options, max_duration: Option<Duration>) -> pb::ResolvedOptions {
     pb::ResolvedOptions {
         delete_room: options.delete_room,
-        end_instructions: options.end_instructions.clone(),
-        extra_description: options.extra_description.clone(),
+        end_instructions: options.end_instructions.as_deref().map(str::to_owned),
+        extra_description: options.extra_description.to_string(),
         ignore_on_enter: options.ignore_on_enter,
         reply_timeout: Some(proto_duration(options.reply_timeout)),
         early_reply_capture: options.early_reply_capture,

@@ -69,13 +69,16 @@ impl fmt::Display for SessionId {
 }
 
 /// The id of one speech (a turn) of the agent session, chosen by the framework.
+///
+/// Shared (`Arc`) because a session keeps the same id in several places (its tool speeches,
+/// its recent speeches, its timeline): one allocation per distinct id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
-pub struct SpeechId(Box<str>);
+pub struct SpeechId(Arc<str>);
 
 impl SpeechId {
     pub fn new(id: &str) -> Self {
-        Self(Box::from(id))
+        Self(Arc::from(id))
     }
 
     pub fn as_str(&self) -> &str {
@@ -94,8 +97,10 @@ impl fmt::Display for SpeechId {
 pub struct Options {
     pub delete_room: bool,
     /// `None` is a distinct value: the tool asks for no reply.
-    pub end_instructions: Option<String>,
-    pub extra_description: String,
+    ///
+    /// Texts are shared (`Arc`): a session with options of its own copies only pointers.
+    pub end_instructions: Option<Arc<str>>,
+    pub extra_description: Arc<str>,
     pub ignore_on_enter: bool,
     #[serde(with = "duration_ms")]
     pub reply_timeout: Duration,
@@ -107,8 +112,8 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             delete_room: true,
-            end_instructions: Some("say goodbye to the user".to_owned()),
-            extra_description: String::new(),
+            end_instructions: Some(Arc::from("say goodbye to the user")),
+            extra_description: Arc::from(""),
             ignore_on_enter: false,
             reply_timeout: Duration::from_secs(5),
             early_reply_capture: false,
@@ -121,8 +126,8 @@ impl Default for Options {
 pub struct OptionsPatch {
     pub delete_room: Option<bool>,
     /// `Some(None)` asks for no tool output; `None` takes the default.
-    pub end_instructions: Option<Option<String>>,
-    pub extra_description: Option<String>,
+    pub end_instructions: Option<Option<Arc<str>>>,
+    pub extra_description: Option<Arc<str>>,
     pub ignore_on_enter: Option<bool>,
     pub reply_timeout: Option<Duration>,
     pub early_reply_capture: Option<bool>,

@@ -10,6 +10,8 @@
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
+use smallvec::SmallVec;
+
 use crate::domain::{
     Capabilities, CloseReason, Directive, Event, IssuedDirective, Options, Outcome, ShutdownCause,
     SpeechId, State, Time,
@@ -124,8 +126,9 @@ pub struct Session {
     /// Extension: when `WIND_UP` is due, and the maximum duration it came from.
     max_duration: Option<(Duration, Time)>,
     wind_up_issued: bool,
-    tool_speeches: Vec<ToolSpeech>,
-    waiters: Vec<Waiter>,
+    /// Almost always one: inline, so the common session allocates nothing for it.
+    tool_speeches: SmallVec<[ToolSpeech; 1]>,
+    waiters: SmallVec<[Waiter; 1]>,
     /// Extension (early reply capture): a speech created while `ENDING`, and whether it is done.
     early_reply: Option<(SpeechId, bool)>,
     recent: VecDeque<RecentSpeech>,
@@ -145,8 +148,8 @@ impl Session {
             created_at: now,
             max_duration: None,
             wind_up_issued: false,
-            tool_speeches: Vec::new(),
-            waiters: Vec::new(),
+            tool_speeches: SmallVec::new(),
+            waiters: SmallVec::new(),
             early_reply: None,
             recent: VecDeque::new(),
             shutdown: None,
@@ -535,6 +538,7 @@ impl Session {
                 if self.recent.len() == RECENT_SPEECHES {
                     self.recent.pop_front();
                 }
+                start_small(&mut self.recent);
                 self.recent.push_back(RecentSpeech {
                     id: speech.clone(),
                     created: false,
@@ -555,6 +559,7 @@ impl Session {
             self.timeline.pop_front();
             self.timeline_dropped = self.timeline_dropped.saturating_add(1);
         }
+        start_small(&mut self.timeline);
         self.timeline.push_back(TimelineEntry { at, item });
     }
 
@@ -665,6 +670,14 @@ impl Session {
 
     pub fn timeline_dropped(&self) -> u32 {
         self.timeline_dropped
+    }
+}
+
+/// A first allocation of two rather than the default four: most sessions are short, and a
+/// million of them waiting at once is what the memory budget is for. Doubling takes over after.
+fn start_small<T>(deque: &mut VecDeque<T>) {
+    if deque.capacity() == 0 {
+        deque.reserve_exact(2);
     }
 }
 

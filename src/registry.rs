@@ -27,7 +27,7 @@ use crate::{
     machine::{Rejection, Session, Step, Timing},
     report::Report,
     telemetry::{self, metrics},
-    timers,
+    timers::{self, TimerThread},
 };
 
 /// Server-wide settings of the registry.
@@ -76,7 +76,8 @@ pub struct WatchPoll {
 }
 
 struct Entry {
-    session: Session,
+    /// Boxed so the map's slots stay small: its spare capacity then costs little.
+    session: Box<Session>,
     last_activity: Time,
     /// The time of the timer this session has pending in the wheel, if any.
     armed: Option<Time>,
@@ -84,8 +85,11 @@ struct Entry {
     notify: Option<watch::Sender<()>>,
 }
 
+/// Session ids come from the agents in the pod, not from strangers: a fast hasher is enough.
+type Hasher = foldhash::fast::RandomState;
+
 pub struct Registry {
-    sessions: DashMap<SessionId, Entry>,
+    sessions: DashMap<SessionId, Entry, Hasher>,
     settings: Settings,
     clock: Clock,
     live: AtomicUsize,
@@ -93,18 +97,22 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Creates the registry and spawns its timer task, which ends when the registry is dropped.
-    pub fn start(settings: Settings, clock: Clock) -> Arc<Self> {
+    /// Creates the registry and starts its timer task, which ends when the registry is dropped.
+    pub fn start(
+        settings: Settings,
+        clock: Clock,
+        placement: TimerThread,
+    ) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let registry = Arc::new(Self {
-            sessions: DashMap::new(),
+            sessions: DashMap::with_hasher(Hasher::default()),
             settings,
             clock,
             live: AtomicUsize::new(0),
             timers: tx,
         });
-        timers::spawn(Arc::downgrade(&registry), clock, rx);
-        registry
+        timers::spawn(Arc::downgrade(&registry), clock, rx, placement)?;
+        Ok(registry)
     }
 
     pub fn settings(&self) -> &Settings {
@@ -123,19 +131,27 @@ impl Registry {
     /// Applies a worker's event to its session, creating the session if needed.
     pub fn apply(&self, id: &str, event: Event) -> Result<Applied, RegistryError> {
         let now = self.clock.now();
-        let mut entry = self.entry_or_create(id, now)?;
-        let before = entry.session.state();
-        let step = entry.session.handle(event, now, &self.settings.timing)?;
-        entry.last_activity = now;
-        let (key, entry) = entry.pair_mut();
-        self.settle(key, entry, before, &step.directives);
-        Ok(Applied {
-            step,
-            state: entry.session.state(),
-            tool_output: entry.session.tool_output().map(str::to_owned),
-            options: Arc::clone(entry.session.options()),
-            max_duration: entry.session.max_duration(),
-        })
+        let (applied, ended) = {
+            let mut entry = self.entry_or_create(id, now)?;
+            let before = entry.session.state();
+            let step = entry.session.handle(event, now, &self.settings.timing)?;
+            entry.last_activity = now;
+            let (key, entry) = entry.pair_mut();
+            let ended = self.settle(key, entry, before, &step.directives);
+            let applied = Applied {
+                step,
+                state: entry.session.state(),
+                tool_output: entry.session.tool_output().map(str::to_owned),
+                options: Arc::clone(entry.session.options()),
+                max_duration: entry.session.max_duration(),
+            };
+            (applied, ended)
+        };
+        // Logged with the shard unlocked: formatting a report is slow next to a machine step.
+        if let Some(report) = ended {
+            telemetry::session_ended(&report);
+        }
+        Ok(applied)
     }
 
     /// Directives after `after_seq`, at most `max`, and a receiver to wait for more.
@@ -161,6 +177,9 @@ impl Registry {
                 changed: None,
             });
         };
+        // A session created by its watcher still needs its idle expiry armed.
+        let (key, entry) = entry.pair_mut();
+        self.arm(key, entry);
         let pending = entry.session.directives_after(after_seq);
         let directives = pending[..pending.len().min(max)].to_vec();
         let finished = entry.session.is_closed() && directives.len() == pending.len();
@@ -182,9 +201,17 @@ impl Registry {
         Some(Report::of(entry.key(), &entry.session))
     }
 
+    /// Gives back the map's memory once it holds far fewer sessions than it has room for.
+    pub(crate) fn shrink_if_sparse(&self) {
+        if self.sessions.len() < self.sessions.capacity() / 4 {
+            self.sessions.shrink_to_fit();
+        }
+    }
+
     /// Called by the timer task when a session's armed time is reached.
     pub(crate) fn on_timer(&self, id: &SessionId, at: Time) {
         let now = self.clock.now();
+        let mut ended = None;
         let remove = {
             let Some(mut entry) = self.sessions.get_mut(id.as_str()) else {
                 return;
@@ -203,10 +230,13 @@ impl Registry {
                 } else {
                     entry.session.on_time(now, &self.settings.timing)
                 };
-                self.settle(key, entry, before, &issued);
+                ended = self.settle(key, entry, before, &issued);
                 false
             }
         };
+        if let Some(report) = ended {
+            telemetry::session_ended(&report);
+        }
         if remove {
             // Dropping the entry drops its notifier, which ends any watch stream still open.
             let retention = self.settings.closed_retention;
@@ -237,19 +267,19 @@ impl Registry {
         }
         let session_id = SessionId::new(id);
         let mut created = false;
-        let mut entry = self.sessions.entry(session_id).or_insert_with(|| {
+        let entry = self.sessions.entry(session_id).or_insert_with(|| {
             created = true;
             Entry {
-                session: Session::new(Arc::clone(&self.settings.defaults), now),
+                session: Box::new(Session::new(Arc::clone(&self.settings.defaults), now)),
                 last_activity: now,
                 armed: None,
                 notify: None,
             }
         });
+        // The caller arms the new session's timer once it has applied its event: arming here
+        // too would wake the timer task twice for one request.
         if created {
             metrics::session_state(None, Some(State::Active));
-            let (key, entry) = entry.pair_mut();
-            self.arm(key, entry);
         } else {
             // Another request created it between our lookup and insert.
             self.live.fetch_sub(1, Ordering::Relaxed);
@@ -258,8 +288,15 @@ impl Registry {
     }
 
     /// After a session changed: account for what it issued and a close, wake watchers,
-    /// re-arm its timer.
-    fn settle(&self, id: &SessionId, entry: &mut Entry, before: State, issued: &[IssuedDirective]) {
+    /// re-arm its timer. Returns the end-of-call report to log once the lock is released, if
+    /// the session just ended and the report is logged at all.
+    fn settle(
+        &self,
+        id: &SessionId,
+        entry: &mut Entry,
+        before: State,
+        issued: &[IssuedDirective],
+    ) -> Option<Report> {
         let after = entry.session.state();
         metrics::session_state(Some(before), Some(after));
         for directive in issued {
@@ -271,13 +308,15 @@ impl Registry {
             }
         }
         let closed_now = before != State::Closed && after == State::Closed;
+        let mut report = None;
         if closed_now {
             self.live.fetch_sub(1, Ordering::Relaxed);
-            let report = Report::of(id, &entry.session);
-            if let Some(outcome) = report.outcome {
-                metrics::session_ended(outcome, report.close_reason);
+            if let Some(outcome) = entry.session.outcome() {
+                metrics::session_ended(outcome, entry.session.close_reason());
             }
-            telemetry::session_ended(&report);
+            if telemetry::reports_enabled() {
+                report = Some(Report::of(id, &entry.session));
+            }
         }
         if !issued.is_empty() || closed_now {
             if let Some(notify) = &entry.notify {
@@ -285,6 +324,7 @@ impl Registry {
             }
         }
         self.arm(id, entry);
+        report
     }
 
     fn arm(&self, id: &SessionId, entry: &mut Entry) {
@@ -365,7 +405,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn reply_timeout_fires_at_its_deadline_and_wakes_watchers() {
-        let registry = Registry::start(settings(), Clock::new());
+        let registry = Registry::start(settings(), Clock::new(), TimerThread::Shared).unwrap();
         registry.apply("s", realtime_end_call("S")).unwrap();
         registry.apply("s", done("S")).unwrap();
         let poll = registry.poll_watch("s", 0, 10, false).unwrap();
@@ -393,7 +433,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_deadline_leaves_the_next_one_armed() {
         // The reply arrives (cancelling the reply deadline); the playout guard still fires.
-        let registry = Registry::start(settings(), Clock::new());
+        let registry = Registry::start(settings(), Clock::new(), TimerThread::Shared).unwrap();
         registry.apply("s", realtime_end_call("S")).unwrap();
         registry.apply("s", done("S")).unwrap();
         registry
@@ -420,7 +460,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_sessions_expire_and_closed_ones_are_dropped_after_retention() {
-        let registry = Registry::start(settings(), Clock::new());
+        let registry = Registry::start(settings(), Clock::new(), TimerThread::Shared).unwrap();
         registry
             .apply(
                 "idle",
@@ -451,7 +491,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dropping_a_closed_session_ends_its_watchers() {
-        let registry = Registry::start(settings(), Clock::new());
+        let registry = Registry::start(settings(), Clock::new(), TimerThread::Shared).unwrap();
         registry.apply("s", close()).unwrap();
         let poll = registry.poll_watch("s", 0, 10, false).unwrap();
         assert!(poll.finished);
@@ -467,7 +507,7 @@ mod tests {
     async fn the_cap_counts_live_sessions_only() {
         let mut settings = settings();
         settings.max_sessions = 2;
-        let registry = Registry::start(settings, Clock::new());
+        let registry = Registry::start(settings, Clock::new(), TimerThread::Shared).unwrap();
         registry.apply("a", done("x")).unwrap();
         registry.apply("b", done("x")).unwrap();
         assert_eq!(
@@ -484,7 +524,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn watch_polls_are_batched() {
-        let registry = Registry::start(settings(), Clock::new());
+        let registry = Registry::start(settings(), Clock::new(), TimerThread::Shared).unwrap();
         registry.apply("s", realtime_end_call("S")).unwrap();
         registry.apply("s", done("S")).unwrap();
         sleep(Duration::from_secs(6)).await;
@@ -582,7 +622,7 @@ mod proptests {
                     idle_expiry: Duration::from_secs(3600),
                     max_sessions: 10,
                 };
-                let registry = Registry::start(settings, Clock::new());
+                let registry = Registry::start(settings, Clock::new(), TimerThread::Shared).unwrap();
                 let mut first_end_call = None;
                 let mut closed = false;
                 for op in &ops {

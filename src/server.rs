@@ -23,6 +23,7 @@ use crate::{
     registry::Registry,
     service::EndCallApi,
     telemetry::metrics,
+    timers::TimerThread,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot start the timer thread: {0}")]
+    Timers(io::Error),
 }
 
 /// A bound listener: TCP, or a Unix socket shared with the agent through a volume.
@@ -98,7 +101,12 @@ pub async fn serve(
     listener: Listener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let registry = Registry::start(config.registry.clone(), Clock::new());
+    let registry = Registry::start(
+        config.registry.clone(),
+        Clock::new(),
+        TimerThread::Dedicated,
+    )
+    .map_err(ServeError::Timers)?;
     let draining = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -165,7 +165,13 @@ async fn probe_subcommand_exits_0_when_serving_and_1_otherwise() {
 
 #[tokio::test]
 async fn json_logs_carry_one_end_of_call_report_per_session() {
-    let mut sidecar = Sidecar::start(&["--log-format", "json"]);
+    // Our crate at DEBUG shows the per-RPC spans; the INFO lines are what production sees.
+    let mut sidecar = Sidecar::start(&[
+        "--log-format",
+        "json",
+        "--log-level",
+        "info,endcall_sidecar=debug",
+    ]);
     let channel = probe::connect(&sidecar.addr, PATIENCE).await.unwrap();
     let mut c = EndCallServiceClient::new(channel);
     c.end_call(end_call("logged", "S")).await.unwrap();
@@ -189,9 +195,15 @@ async fn json_logs_carry_one_end_of_call_report_per_session() {
         .collect();
     assert_eq!(reports.len(), 1, "{logs}");
     assert_eq!(reports[0]["session_id"], "logged");
-    // Logged inside the RPC's span, which names the RPC and the session.
+    // Logged inside the RPC's span (a DEBUG span), which names the RPC and the session.
     assert_eq!(reports[0]["span"]["method"], "OnSessionClose");
     assert_eq!(reports[0]["span"]["session_id"], "logged");
+    let rpc_lines = lines
+        .iter()
+        .filter(|l| l["level"] == "DEBUG" && l["message"] == "ok")
+        .filter(|l| l["span"]["session_id"] == "logged")
+        .count();
+    assert_eq!(rpc_lines, 4, "one DEBUG line per healthy RPC: {logs}");
     // Healthy RPCs leave no line at INFO: only start-up, the report and the shutdown do.
     let info: Vec<&str> = lines
         .iter()

@@ -49,7 +49,7 @@ fn options() -> impl Strategy<Value = Options> {
     (any::<bool>(), any::<bool>(), any::<bool>(), 100u64..10_000).prop_map(
         |(delete_room, output, early, timeout)| Options {
             delete_room,
-            end_instructions: output.then(|| "bye".to_owned()),
+            end_instructions: output.then(|| Arc::from("bye")),
             early_reply_capture: early,
             reply_timeout: Duration::from_millis(timeout),
             ..Options::default()

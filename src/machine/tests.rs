@@ -132,7 +132,7 @@ fn row1_end_instructions_none_is_a_distinct_output() {
     apply(&mut s, end_call_with("S", pipeline(), options), t(1));
     assert_eq!(s.tool_output(), None);
     let options = Options {
-        end_instructions: Some(String::new()),
+        end_instructions: Some(Arc::from("")),
         ..Options::default()
     };
     let mut s = new_session();

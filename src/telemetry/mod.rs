@@ -3,29 +3,46 @@
 
 pub mod metrics;
 
-use tracing::info;
+use tracing::{info, Level};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::{config::LogFormat, report::Report};
 
+/// The target of the end-of-call report lines.
+const REPORT_TARGET: &str = "endcall::report";
+
 /// Installs the global subscriber, writing to stderr (stdout carries only the
 /// `listening on` line). `RUST_LOG`, when set, wins over `level`.
-pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
+///
+/// Lines are written by a background thread, so an RPC never waits on a slow stderr; none is
+/// dropped (the buffer applies back-pressure instead). Keep the guard until exit: dropping it
+/// flushes.
+pub fn init(format: LogFormat, level: &str) -> Result<WorkerGuard, String> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => {
             EnvFilter::try_new(&spec).map_err(|e| format!("RUST_LOG={spec:?}: {e}"))?
         }
         _ => EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?,
     };
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    result.map_err(|e| format!("cannot install the logger: {e}"))
+    result.map_err(|e| format!("cannot install the logger: {e}"))?;
+    Ok(guard)
+}
+
+/// Whether end-of-call reports are logged, so nobody builds one for nothing.
+pub fn reports_enabled() -> bool {
+    tracing::enabled!(target: REPORT_TARGET, Level::INFO)
 }
 
 /// The end-of-call report, logged once when a session closes or expires: the same content
@@ -33,7 +50,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
 pub fn session_ended(report: &Report) {
     let json = serde_json::to_string(report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     info!(
-        target: "endcall::report",
+        target: REPORT_TARGET,
         session_id = %report.session_id,
         outcome = report.outcome.map(|o| o.as_str()),
         close_reason = report.close_reason.map(|r| r.as_str()),
