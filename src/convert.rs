@@ -45,7 +45,8 @@ pub fn speech_id(raw: &str) -> Result<SpeechId, ApiError> {
     id("speech_id", raw).map(SpeechId::new)
 }
 
-fn text(field: &str, raw: String) -> Result<String, ApiError> {
+/// Checks a free text against [`MAX_TEXT_BYTES`].
+pub fn text(field: &str, raw: String) -> Result<String, ApiError> {
     if raw.len() > MAX_TEXT_BYTES {
         return Err(ApiError::invalid(
             field,

@@ -245,17 +245,7 @@ impl EndCallService for EndCallApi {
         self.observe("GetTool", request, |api, req| {
             let defaults = &api.registry.settings().defaults;
             let extra = match req.extra_description {
-                Some(extra) if extra.len() > convert::MAX_TEXT_BYTES => {
-                    return Err(ApiError::invalid(
-                        "extra_description",
-                        format!(
-                            "is {} bytes, the limit is {}",
-                            extra.len(),
-                            convert::MAX_TEXT_BYTES
-                        ),
-                    ))
-                }
-                Some(extra) => extra,
+                Some(extra) => convert::text("extra_description", extra)?,
                 None => defaults.extra_description.to_string(),
             };
             Ok(pb::ToolDefinition {
