@@ -130,10 +130,11 @@ pub struct Session {
     tool_speeches: SmallVec<[ToolSpeech; 1]>,
     waiters: SmallVec<[Waiter; 1]>,
     /// Extension (early reply capture): a speech created while `ENDING`, and whether it is done.
-    early_reply: Option<(SpeechId, bool)>,
+    early_reply: Option<Box<(SpeechId, bool)>>,
     recent: VecDeque<RecentSpeech>,
     shutdown: Option<(ShutdownCause, Time)>,
-    closure: Option<Closure>,
+    /// Boxed, like `early_reply`: rare or late, they should not widen every live session.
+    closure: Option<Box<Closure>>,
     directives: Vec<IssuedDirective>,
     timeline: VecDeque<TimelineEntry>,
     timeline_dropped: u32,
@@ -316,7 +317,7 @@ impl Session {
         }
         let ending = self.tool_speeches.iter().any(|t| !t.done);
         if !captured && ending && self.options.early_reply_capture && self.early_reply.is_none() {
-            self.early_reply = Some((speech, false));
+            self.early_reply = Some(Box::new((speech, false)));
         }
         false
     }
@@ -357,7 +358,7 @@ impl Session {
         {
             self.shut_down(ShutdownCause::ReplyPlayedOut, now);
         }
-        if let Some((early, done)) = &mut self.early_reply {
+        if let Some((early, done)) = self.early_reply.as_deref_mut() {
             if *early == speech {
                 *done = true;
             }
@@ -387,7 +388,7 @@ impl Session {
             self.shut_down(ShutdownCause::ToolTurnDone, now);
             return;
         }
-        match self.early_reply.take() {
+        match self.early_reply.take().map(|early| *early) {
             Some((_, true)) => self.shut_down(ShutdownCause::ReplyPlayedOut, now),
             Some((reply, false)) => self.waiters.push(Waiter::Playing { reply, since: now }),
             None => self.waiters.push(Waiter::Awaiting {
@@ -409,12 +410,12 @@ impl Session {
             self.issue(Directive::ShutdownJob { reason }, now);
         }
         self.waiters.clear();
-        self.closure = Some(Closure {
+        self.closure = Some(Box::new(Closure {
             at: now,
             reason: Some(reason),
             error,
             first_directive,
-        });
+        }));
     }
 
     /// Ends a session whose worker went away without closing it. Issues nothing: there is
@@ -425,12 +426,12 @@ impl Session {
         }
         self.record(now, EventRecord::Expired, false);
         self.waiters.clear();
-        self.closure = Some(Closure {
+        self.closure = Some(Box::new(Closure {
             at: now,
             reason: None,
             error: None,
             first_directive: self.directives.len(),
-        });
+        }));
         true
     }
 
