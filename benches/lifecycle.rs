@@ -799,6 +799,11 @@ struct H2loadResult {
     rps: f64,
     succeeded: u64,
     ok_2xx: u64,
+    /// Responses with a 3xx, 4xx or 5xx status.
+    not_2xx: u64,
+    /// Streams open at once (connections × streams each): at the time limit, up to this many
+    /// responses can have their 200 headers counted without having completed.
+    in_flight: u64,
     line: String,
 }
 
@@ -853,17 +858,25 @@ fn run_h2load(
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     // "status codes: 100 2xx, 0 3xx, 0 4xx, 0 5xx"
-    let ok_2xx = text
+    let statuses: Vec<u64> = text
         .lines()
         .find(|l| l.starts_with("status codes:"))
-        .and_then(|l| l.trim_start_matches("status codes:").split(',').next())
-        .and_then(|p| p.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+        .map(|l| {
+            l.trim_start_matches("status codes:")
+                .split(',')
+                .filter_map(|p| p.split_whitespace().next())
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let ok_2xx = statuses.first().copied().unwrap_or(0);
+    let not_2xx = statuses.iter().skip(1).sum();
     Ok(H2loadResult {
         rps,
         succeeded,
         ok_2xx,
+        not_2xx,
+        in_flight: (clients * streams) as u64,
         line: finished.to_owned(),
     })
 }
@@ -930,8 +943,14 @@ async fn h2load(args: &Args, tonic_health_rps: Option<f64>, report: &mut Report)
                 report.row("h2load", &format!("{name} req/s"), format!("{:.0}", r.rps));
                 report.check(
                     &format!("h2load {name}: requests succeeded with HTTP 200"),
-                    r.succeeded > 0 && r.ok_2xx == r.succeeded,
-                    format!("{} succeeded, {} 2xx; {}", r.succeeded, r.ok_2xx, r.line),
+                    r.succeeded > 0
+                        && r.not_2xx == 0
+                        && r.ok_2xx >= r.succeeded
+                        && r.ok_2xx - r.succeeded <= r.in_flight,
+                    format!(
+                        "{} succeeded, {} 2xx, {} other statuses, {} streams in flight; {}",
+                        r.succeeded, r.ok_2xx, r.not_2xx, r.in_flight, r.line
+                    ),
                 );
                 results.push(r.rps);
             }
