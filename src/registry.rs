@@ -222,7 +222,13 @@ impl Registry {
             }
             let before = entry.session.state();
             if let Some(closed_at) = entry.session.closed_at() {
-                closed_at + self.settings.closed_retention <= now
+                let retention_over = closed_at + self.settings.closed_retention <= now;
+                if !retention_over {
+                    // An earlier, stale timer (a deadline the close cancelled): wait for the
+                    // retention's end instead, or the session would never be dropped.
+                    self.arm(key, entry);
+                }
+                retention_over
             } else {
                 let issued = if entry.last_activity + self.settings.idle_expiry <= now {
                     entry.session.expire(now);
@@ -487,6 +493,35 @@ mod tests {
         sleep(Duration::from_secs(60)).await;
         settle_timers().await;
         assert!(registry.report("idle").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_session_is_dropped_after_an_earlier_stale_timer_fired() {
+        // The usual call: the playout guard (30 s) is armed at EndCall; the session ends and
+        // closes at once, so the guard comes due as a stale timer before the retention (60 s)
+        // ends. The session must still be dropped when its retention ends.
+        let registry = Registry::start(settings(), Clock::new(), TimerThread::Shared).unwrap();
+        registry
+            .apply(
+                "s",
+                Event::EndCall {
+                    speech: SpeechId::new("S"),
+                    options: None,
+                    capabilities: Capabilities::default(),
+                },
+            )
+            .unwrap();
+        registry.apply("s", done("S")).unwrap();
+        registry.apply("s", close()).unwrap();
+        sleep(Duration::from_secs(31)).await;
+        settle_timers().await;
+        assert!(registry.report("s").is_some(), "kept during its retention");
+        sleep(Duration::from_secs(30)).await;
+        settle_timers().await;
+        assert!(
+            registry.report("s").is_none(),
+            "dropped once its retention ended"
+        );
     }
 
     #[tokio::test(start_paused = true)]
