@@ -177,9 +177,12 @@ impl Registry {
                 changed: None,
             });
         };
-        // A session created by its watcher still needs its idle expiry armed.
         let (key, entry) = entry.pair_mut();
-        self.arm(key, entry);
+        if create {
+            // A session created by its watcher still needs its idle expiry armed; later polls
+            // of the same stream have nothing to arm.
+            self.arm(key, entry);
+        }
         let pending = entry.session.directives_after(after_seq);
         let directives = pending[..pending.len().min(max)].to_vec();
         let finished = entry.session.is_closed() && directives.len() == pending.len();
