@@ -1058,20 +1058,7 @@ async fn memory(args: &Args, report: &mut Report) {
     let (open_errors, open_first) = for_each(n, args.concurrency, move |i| {
         let mut api = Api::new(chans[i % chans.len()].clone());
         let id = format!("{p}-{i:07}");
-        async move {
-            api.end_call(realtime_end_call(&id, "goodbye", Duration::from_secs(600)))
-                .await
-                .map_err(|s| format!("EndCall: {s}"))?;
-            let r = api
-                .on_speech_done(speech_done(&id, "goodbye"))
-                .await
-                .map_err(|s| format!("OnSpeechDone: {s}"))?
-                .into_inner();
-            if r.state() != SessionState::AwaitingReply {
-                return Err(format!("OnSpeechDone: state {:?}", r.state()));
-            }
-            Ok(())
-        }
+        async move { await_reply(&mut api, &id, Duration::from_secs(600)).await }
     })
     .await;
     let open_time = started.elapsed();
@@ -1295,20 +1282,7 @@ async fn timers(args: &Args, rate_estimate: Option<f64>, report: &mut Report) {
             });
         let timeout = Duration::from_micros(timeout.as_micros() as u64);
         rts[i].store(timeout.as_micros() as u64, Ordering::Relaxed);
-        async move {
-            api.end_call(realtime_end_call(&session, "goodbye", timeout))
-                .await
-                .map_err(|s| format!("EndCall: {s}"))?;
-            let r = api
-                .on_speech_done(speech_done(&session, "goodbye"))
-                .await
-                .map_err(|s| format!("OnSpeechDone: {s}"))?
-                .into_inner();
-            if r.state() != SessionState::AwaitingReply {
-                return Err(format!("OnSpeechDone: state {:?}", r.state()));
-            }
-            Ok(())
-        }
+        async move { await_reply(&mut api, &session, timeout).await }
     })
     .await;
     let setup_done = SystemTime::now();
@@ -1572,3 +1546,20 @@ type Arrival = (usize, SystemTime, DirectiveKind, ShutdownCause, u64);
 /// What GetSession says of a timed session: (the intended deadline in µs since the epoch, when
 /// SHUTDOWN_SESSION was issued if it was, its cause).
 type Record = (i64, Option<i64>, ShutdownCause);
+
+/// Opens a realtime session into AWAITING_REPLY: EndCall with this reply timeout, then the
+/// goodbye's done, which starts the deadline.
+async fn await_reply(api: &mut Api, session: &str, reply_timeout: Duration) -> Result<(), String> {
+    api.end_call(realtime_end_call(session, "goodbye", reply_timeout))
+        .await
+        .map_err(|s| format!("EndCall: {s}"))?;
+    let r = api
+        .on_speech_done(speech_done(session, "goodbye"))
+        .await
+        .map_err(|s| format!("OnSpeechDone: {s}"))?
+        .into_inner();
+    if r.state() != SessionState::AwaitingReply {
+        return Err(format!("OnSpeechDone: state {:?}", r.state()));
+    }
+    Ok(())
+}
