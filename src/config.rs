@@ -5,7 +5,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Du
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::{domain::Options, machine::Timing, registry::Settings};
+use crate::{domain::Options, journal::JournalSettings, machine::Timing, registry::Settings};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -127,6 +127,16 @@ pub struct ServeArgs {
     #[arg(long, env = "ENDCALL_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Keep sessions on disk in DIR (created if missing): every accepted event is fsynced
+    /// before its reply, and a restart rebuilds every session. Unset: in memory only.
+    #[arg(long, env = "ENDCALL_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// With --state-dir: journal segment size in bytes; past it the segment is sealed and
+    /// the sealed ones are compacted (dropped sessions left out).
+    #[arg(long, env = "ENDCALL_STATE_SEGMENT_BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(4096..=(1 << 30)))]
+    pub state_segment_bytes: u64,
+
     /// Log format.
     #[arg(long, env = "ENDCALL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -201,6 +211,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
+    /// Where sessions are journaled; `None`: in memory only.
+    pub state: Option<JournalSettings>,
 }
 
 impl From<&ServeArgs> for Config {
@@ -231,6 +243,10 @@ impl From<&ServeArgs> for Config {
             metrics_listen: args.metrics_listen,
             shutdown_delay: args.shutdown_delay,
             drain_timeout: args.drain_timeout,
+            state: args.state_dir.clone().map(|dir| JournalSettings {
+                dir,
+                segment_bytes: args.state_segment_bytes,
+            }),
         }
     }
 }

@@ -15,6 +15,9 @@ pub enum ApiError {
     FailedPrecondition { field: &'static str, reason: String },
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The state journal cannot make the event durable; the server is stopping.
+    #[error("state journal failed: the event was not made durable; retry once the sidecar has restarted")]
+    Unavailable,
 }
 
 impl ApiError {
@@ -32,6 +35,7 @@ impl ApiError {
             ApiError::NotFound { .. } => "not_found",
             ApiError::FailedPrecondition { .. } => "precondition",
             ApiError::ResourceExhausted(_) => "session_limit",
+            ApiError::Unavailable => "journal",
         }
     }
 
@@ -41,6 +45,7 @@ impl ApiError {
             ApiError::NotFound { .. } => Code::NotFound,
             ApiError::FailedPrecondition { .. } => Code::FailedPrecondition,
             ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ApiError::Unavailable => Code::Unavailable,
         }
     }
 }
@@ -52,6 +57,7 @@ impl From<RegistryError> for ApiError {
                 "session_id: too many live sessions (limit {limit}, --max-sessions)"
             )),
             RegistryError::NotFound => ApiError::NotFound { id: String::new() },
+            RegistryError::JournalFailed => ApiError::Unavailable,
             RegistryError::Rejected(rejection) => {
                 let field = match rejection {
                     Rejection::Closed => "session_id",

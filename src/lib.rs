@@ -2,7 +2,7 @@
 //!
 //! Layers, from the inside out: `domain` (the contract's vocabulary), `machine` (the pure
 //! per-session state machine), `report` (what a session tells about itself), `registry`
-//! (sessions, per-session ordering, timers, expiry, limits), `convert` and `service` (the gRPC
+//! (sessions, per-session ordering, timers, expiry, limits), `journal` (durability), `convert` and `service` (the gRPC
 //! edge), `server` (listeners, health, reflection, drain), `config` and `telemetry`.
 #![forbid(unsafe_code)]
 
@@ -11,6 +11,7 @@ pub mod config;
 pub mod convert;
 pub mod domain;
 pub mod error;
+pub mod journal;
 pub mod machine;
 pub mod probe;
 pub mod proto;

@@ -9,6 +9,10 @@
 //! earliest of its machine's deadline, its idle expiry, or (once closed) the end of its
 //! retention. A timer that fires early or for a cancelled deadline is harmless: the machine is
 //! asked what is due at `now` and the session re-arms.
+//!
+//! With a journal (`--state-dir`), every input a machine takes is queued to it under the same
+//! lock, so each session's records keep its order; an event's reply waits for its record's
+//! fsync, and a watcher sees a directive only once the record that issued it is on disk.
 
 use std::{
     sync::{
@@ -20,10 +24,13 @@ use std::{
 
 use dashmap::{mapref::one::RefMut, DashMap};
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::{
     clock::Clock,
     domain::{Directive, Event, IssuedDirective, Options, SessionId, State, Time},
+    journal::{self, record::load_options, Durable, Journal, MachineInput, Opened, Record},
     machine::{Rejection, Session, Step, Timing},
     report::Report,
     telemetry::{self, metrics},
@@ -52,6 +59,8 @@ pub enum RegistryError {
     NotFound,
     #[error(transparent)]
     Rejected(#[from] Rejection),
+    #[error("the state journal failed: the sidecar is stopping")]
+    JournalFailed,
 }
 
 /// What an event did, with what the reply needs.
@@ -63,6 +72,8 @@ pub struct Applied {
     pub tool_output: Option<String>,
     pub options: Arc<Options>,
     pub max_duration: Option<Duration>,
+    /// With a journal: completes once the event is on disk. The reply must wait for it.
+    pub durable: Option<Durable>,
 }
 
 /// One poll of a watch stream.
@@ -83,6 +94,11 @@ struct Entry {
     armed: Option<Time>,
     /// Wakes watch streams; created by the first watcher, dropped with the entry.
     notify: Option<watch::Sender<()>>,
+    /// With a journal: the index of this session's next record.
+    journal_index: u32,
+    /// With a journal: directives up to this sequence number are on disk, so watchers may
+    /// see them.
+    published: u32,
 }
 
 /// Session ids come from the agents in the pod, not from strangers: a fast hasher is enough.
@@ -94,6 +110,7 @@ pub struct Registry {
     clock: Clock,
     live: AtomicUsize,
     timers: mpsc::UnboundedSender<(SessionId, Time)>,
+    journal: Option<Journal>,
 }
 
 impl Registry {
@@ -110,9 +127,51 @@ impl Registry {
             clock,
             live: AtomicUsize::new(0),
             timers: tx,
+            journal: None,
         });
         timers::spawn(Arc::downgrade(&registry), clock, rx, placement)?;
         Ok(registry)
+    }
+
+    /// Like [`Registry::start`], with every input journaled: first rebuilds the sessions the
+    /// journal holds, re-arming their deadlines (any already past fire at once).
+    pub fn start_durable(
+        settings: Settings,
+        clock: Clock,
+        placement: TimerThread,
+        mut opened: Opened,
+    ) -> std::io::Result<Arc<Self>> {
+        let recovered = std::mem::take(&mut opened.recovered);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut started = Ok(());
+        let registry = Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
+            let weak = weak.clone();
+            let publish: journal::Publish = Box::new(move |published| {
+                if let Some(registry) = weak.upgrade() {
+                    registry.publish(published);
+                }
+            });
+            let journal = opened.start(publish).map_err(|err| started = Err(err)).ok();
+            Self {
+                sessions: DashMap::with_hasher(Hasher::default()),
+                settings,
+                clock,
+                live: AtomicUsize::new(0),
+                timers: tx,
+                journal,
+            }
+        });
+        started?;
+        timers::spawn(Arc::downgrade(&registry), clock, rx, placement)?;
+        registry.restore(recovered.sessions);
+        Ok(registry)
+    }
+
+    /// Cancelled if the journal failed (never, without one): the server must stop.
+    pub fn journal_failed(&self) -> Option<CancellationToken> {
+        self.journal
+            .as_ref()
+            .map(|journal| journal.failed().clone())
     }
 
     pub fn settings(&self) -> &Settings {
@@ -130,13 +189,23 @@ impl Registry {
 
     /// Applies a worker's event to its session, creating the session if needed.
     pub fn apply(&self, id: &str, event: Event) -> Result<Applied, RegistryError> {
+        if let Some(journal) = &self.journal {
+            if journal.failed().is_cancelled() {
+                return Err(RegistryError::JournalFailed);
+            }
+        }
         let now = self.clock.now();
         let (applied, ended) = {
             let mut entry = self.entry_or_create(id, now)?;
             let before = entry.session.state();
+            // Cheap (ids and texts are shared), and only when there is a journal to write.
+            let input = self.journal.as_ref().map(|_| event.clone());
             let step = entry.session.handle(event, now, &self.settings.timing)?;
             entry.last_activity = now;
             let (key, entry) = entry.pair_mut();
+            let durable = input.and_then(|event| {
+                self.journal_input(key, entry, now, &MachineInput::Event(event), true)
+            });
             let ended = self.settle(key, entry, before, &step.directives);
             let applied = Applied {
                 step,
@@ -144,6 +213,7 @@ impl Registry {
                 tool_output: entry.session.tool_output().map(str::to_owned),
                 options: Arc::clone(entry.session.options()),
                 max_duration: entry.session.max_duration(),
+                durable,
             };
             (applied, ended)
         };
@@ -184,7 +254,15 @@ impl Registry {
             self.arm(key, entry);
         }
         let pending = entry.session.directives_after(after_seq);
-        let directives = pending[..pending.len().min(max)].to_vec();
+        // With a journal, only what is on disk: nothing a watcher acts on may be lost.
+        let visible = match self.journal {
+            Some(_) => pending
+                .iter()
+                .take_while(|d| d.seq <= u64::from(entry.published))
+                .count(),
+            None => pending.len(),
+        };
+        let directives = pending[..visible.min(max)].to_vec();
         let finished = entry.session.is_closed() && directives.len() == pending.len();
         // Subscribing under the lock means no directive can slip between this poll and the wait.
         let changed = entry
@@ -224,6 +302,7 @@ impl Registry {
                 entry.armed = None;
             }
             let before = entry.session.state();
+            let timing = &self.settings.timing;
             if let Some(closed_at) = entry.session.closed_at() {
                 let retention_over = closed_at + self.settings.closed_retention <= now;
                 if !retention_over {
@@ -235,9 +314,19 @@ impl Registry {
             } else {
                 let issued = if entry.last_activity + self.settings.idle_expiry <= now {
                     entry.session.expire(now);
+                    self.journal_input(key, entry, now, &MachineInput::Expire, false);
                     Vec::new()
                 } else {
-                    entry.session.on_time(now, &self.settings.timing)
+                    let due = entry
+                        .session
+                        .next_deadline(timing)
+                        .is_some_and(|deadline| deadline <= now);
+                    let issued = entry.session.on_time(now, timing);
+                    // A tick with nothing due changed nothing: replay does not need it.
+                    if due {
+                        self.journal_input(key, entry, now, &MachineInput::Tick, false);
+                    }
+                    issued
                 };
                 ended = self.settle(key, entry, before, &issued);
                 false
@@ -255,8 +344,10 @@ impl Registry {
                     .closed_at()
                     .is_some_and(|closed_at| closed_at + retention <= now)
             });
-            if removed.is_some() {
+            if let Some((id, mut entry)) = removed {
                 metrics::session_state(Some(State::Closed), None);
+                // Its records are garbage from here on, for compaction and for restarts.
+                self.journal_input(&id, &mut entry, now, &MachineInput::Dropped, false);
             }
         }
     }
@@ -283,6 +374,8 @@ impl Registry {
                 last_activity: now,
                 armed: None,
                 notify: None,
+                journal_index: 0,
+                published: 0,
             }
         });
         // The caller arms the new session's timer once it has applied its event: arming here
@@ -327,13 +420,114 @@ impl Registry {
                 report = Some(Report::of(id, &entry.session));
             }
         }
-        if !issued.is_empty() || closed_now {
+        // With a journal, watchers are woken once the journal has it on disk (`publish`).
+        if (!issued.is_empty() || closed_now) && self.journal.is_none() {
             if let Some(notify) = &entry.notify {
                 notify.send_replace(());
             }
         }
         self.arm(id, entry);
         report
+    }
+
+    /// Queues one machine input to the journal, if there is one. Called under the session's
+    /// lock, right after the machine took the input, so the journal keeps the session's order.
+    fn journal_input(
+        &self,
+        id: &SessionId,
+        entry: &mut Entry,
+        at: Time,
+        input: &MachineInput,
+        ack: bool,
+    ) -> Option<Durable> {
+        let journal = self.journal.as_ref()?;
+        let index = entry.journal_index;
+        entry.journal_index = index.saturating_add(1);
+        let defaults = (index == 0).then_some(&*self.settings.defaults);
+        let record = Record::new(id, entry.session.created_at(), index, at, defaults, input);
+        let last_seq = entry.session.last_seq();
+        let wakes_watchers = last_seq > u64::from(entry.published) || entry.session.is_closed();
+        let publish = (wakes_watchers && !matches!(input, MachineInput::Dropped))
+            .then(|| (id.clone(), last_seq));
+        journal.append(&record, publish, ack)
+    }
+
+    /// Called by the journal after an fsync: these directives are on disk, so watchers may
+    /// have them.
+    fn publish(&self, published: &[(SessionId, u64)]) {
+        for (id, seq) in published {
+            if let Some(mut entry) = self.sessions.get_mut(id.as_str()) {
+                let seq = u32::try_from(*seq).unwrap_or(u32::MAX);
+                entry.published = entry.published.max(seq);
+                if let Some(notify) = &entry.notify {
+                    notify.send_replace(());
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the journal's sessions by replaying their records through fresh machines.
+    fn restore(&self, sessions: Vec<(SessionId, Vec<Record>)>) {
+        let now = self.clock.now();
+        let timing = &self.settings.timing;
+        for (id, records) in sessions {
+            let Some(first) = records.first() else {
+                continue;
+            };
+            let defaults = first
+                .created
+                .as_ref()
+                .and_then(|created| created.defaults.as_ref())
+                .map_or_else(|| Arc::clone(&self.settings.defaults), load_options);
+            let created_at = Time::from_micros(first.generation);
+            let mut session = Box::new(Session::new(defaults, created_at));
+            let mut last_activity = created_at;
+            for record in &records {
+                let at = record.at();
+                match record.input() {
+                    Ok(MachineInput::Event(event)) => {
+                        last_activity = at;
+                        if let Err(rejection) = session.handle(event, at, timing) {
+                            // Only if the timing flags changed since: the event changes nothing.
+                            warn!(session_id = %id, index = record.index, %rejection, "replayed event refused");
+                        }
+                    }
+                    Ok(MachineInput::Tick) => {
+                        session.on_time(at, timing);
+                    }
+                    Ok(MachineInput::Expire) => {
+                        session.expire(at);
+                    }
+                    Ok(MachineInput::Dropped) => {}
+                    Err(err) => warn!(%err, "journal record skipped"),
+                }
+            }
+            let mut entry = Entry {
+                last_activity,
+                armed: None,
+                notify: None,
+                journal_index: u32::try_from(records.len()).unwrap_or(u32::MAX),
+                published: u32::try_from(session.last_seq()).unwrap_or(u32::MAX),
+                session,
+            };
+            let retention_over = entry
+                .session
+                .closed_at()
+                .is_some_and(|closed_at| closed_at + self.settings.closed_retention <= now);
+            if retention_over {
+                self.journal_input(&id, &mut entry, now, &MachineInput::Dropped, false);
+                continue;
+            }
+            let state = entry.session.state();
+            if state != State::Closed {
+                self.live.fetch_add(1, Ordering::Relaxed);
+            }
+            metrics::session_state(None, Some(state));
+            // Armed once in the map: a deadline already past fires at once, and must find it.
+            let mut held = self.sessions.entry(id).insert(entry);
+            let (id, entry) = held.pair_mut();
+            self.arm(id, entry);
+        }
     }
 
     fn arm(&self, id: &SessionId, entry: &mut Entry) {

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::{
     clock::Clock,
     config::{Config, ListenAddr},
+    journal::{self, Opened},
     proto::{self, v1::end_call_service_server::EndCallServiceServer},
     registry::Registry,
     service::EndCallApi,
@@ -36,6 +37,12 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot start the timer thread: {0}")]
     Timers(io::Error),
+    #[error(transparent)]
+    State(#[from] journal::OpenError),
+    #[error("--state-dir: cannot start the journal: {0}")]
+    Journal(io::Error),
+    #[error("--state-dir: the state journal failed (see the error above); stopped so that a restart replays what is on disk")]
+    JournalFailed,
 }
 
 /// A bound listener: TCP, or a Unix socket shared with the agent through a volume.
@@ -101,12 +108,34 @@ pub async fn serve(
     listener: Listener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let registry = Registry::start(
-        config.registry.clone(),
-        Clock::new(),
-        TimerThread::Dedicated,
-    )
-    .map_err(ServeError::Timers)?;
+    let registry = match &config.state {
+        None => Registry::start(
+            config.registry.clone(),
+            Clock::new(),
+            TimerThread::Dedicated,
+        )
+        .map_err(ServeError::Timers)?,
+        Some(state) => {
+            let opened = Opened::open(state.clone())?;
+            for damage in &opened.recovered.damage {
+                warn!(%damage, "state journal repaired");
+            }
+            let registry = Registry::start_durable(
+                config.registry.clone(),
+                Clock::new(),
+                TimerThread::Dedicated,
+                opened,
+            )
+            .map_err(ServeError::Journal)?;
+            info!(
+                dir = %state.dir.display(),
+                sessions = registry.live_sessions(),
+                "state restored"
+            );
+            registry
+        }
+    };
+    let journal_failed = registry.journal_failed();
     let draining = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -159,9 +188,17 @@ pub async fn serve(
     };
     let mut serving = serving;
 
+    let journal_failure = async {
+        match &journal_failed {
+            Some(failed) => failed.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = &mut serving => return Ok(result?),
         () = shutdown => {}
+        // Nothing more can be made durable: stop, and let the restart replay the journal.
+        () = journal_failure => {}
     }
 
     info!(
@@ -190,6 +227,9 @@ pub async fn serve(
     }
     if let Some(path) = socket_path {
         let _ = std::fs::remove_file(path);
+    }
+    if journal_failed.is_some_and(|failed| failed.is_cancelled()) {
+        return Err(ServeError::JournalFailed);
     }
     info!("stopped");
     Ok(())

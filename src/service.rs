@@ -14,6 +14,7 @@ use crate::{
     convert::{self, DirectiveMapper, MAX_CALL_DURATION},
     domain::Event,
     error::ApiError,
+    journal::Durable,
     proto::v1::{self as pb, end_call_service_server::EndCallService},
     registry::{Registry, WatchPoll},
     telemetry::metrics,
@@ -50,13 +51,32 @@ impl EndCallApi {
         }
     }
 
-    fn event_response(&self, id: &str, event: Event) -> Result<pb::EventResponse, ApiError> {
+    fn event_response(&self, id: &str, event: Event) -> Result<Reply<pb::EventResponse>, ApiError> {
         let applied = self.registry.apply(id, event)?;
-        Ok(pb::EventResponse {
-            directives: self.mapper.directives(id, &applied.step.directives),
-            state: convert::state(applied.state).into(),
-            duplicate: applied.step.duplicate,
+        Ok(Reply {
+            message: pb::EventResponse {
+                directives: self.mapper.directives(id, &applied.step.directives),
+                state: convert::state(applied.state).into(),
+                duplicate: applied.step.duplicate,
+            },
+            durable: applied.durable,
         })
+    }
+}
+
+/// A response, and (with `--state-dir`) the journal write it must wait for: a reply is an
+/// acknowledgement, so it goes out only once the event is on disk.
+struct Reply<T> {
+    message: T,
+    durable: Option<Durable>,
+}
+
+impl<T> From<T> for Reply<T> {
+    fn from(message: T) -> Self {
+        Reply {
+            message,
+            durable: None,
+        }
     }
 }
 
@@ -92,13 +112,14 @@ impl Named for pb::GetToolRequest {
 }
 
 impl EndCallApi {
-    /// Runs one RPC's (synchronous) work inside a span naming the RPC and the session, and
-    /// records its status and latency. Healthy RPCs log at DEBUG only.
-    fn observe<R: Named, T>(
+    /// Runs one RPC's (synchronous) work inside a span naming the RPC and the session, waits
+    /// for its journal write if it has one, and records its status and latency. Healthy RPCs
+    /// log at DEBUG only.
+    async fn observe<R: Named, T>(
         &self,
         method: &'static str,
         request: Request<R>,
-        handle: impl FnOnce(&Self, R) -> Result<T, ApiError>,
+        handle: impl FnOnce(&Self, R) -> Result<Reply<T>, ApiError>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
         let request = request.into_inner();
@@ -109,12 +130,22 @@ impl EndCallApi {
         let session_id = session_id.as_str();
         // A DEBUG span: at INFO an RPC must cost no span at all (it is on every call's path).
         let span = tracing::debug_span!("rpc", method, session_id);
-        let result = span.in_scope(|| handle(self, request));
+        let result = match span.in_scope(|| handle(self, request)) {
+            Ok(Reply {
+                message,
+                durable: Some(durable),
+            }) => durable
+                .await
+                .map(|()| message)
+                .map_err(|_| ApiError::Unavailable),
+            Ok(reply) => Ok(reply.message),
+            Err(err) => Err(err),
+        };
         let code = result.as_ref().map_or_else(ApiError::code, |_| Code::Ok);
         metrics::rpc(method, code, started.elapsed());
         span.in_scope(|| match &result {
             Ok(_) => debug!("ok"),
-            Err(err @ ApiError::ResourceExhausted(_)) => {
+            Err(err @ (ApiError::ResourceExhausted(_) | ApiError::Unavailable)) => {
                 metrics::rejected(err.reason());
                 warn!(method, session_id, %err, "refused");
             }
@@ -145,14 +176,18 @@ impl EndCallService for EndCallApi {
                     max_duration,
                 },
             )?;
-            Ok(pb::OpenSessionResponse {
-                state: convert::state(applied.state).into(),
-                options: Some(convert::resolved_options(
-                    &applied.options,
-                    applied.max_duration,
-                )),
+            Ok(Reply {
+                message: pb::OpenSessionResponse {
+                    state: convert::state(applied.state).into(),
+                    options: Some(convert::resolved_options(
+                        &applied.options,
+                        applied.max_duration,
+                    )),
+                },
+                durable: applied.durable,
             })
         })
+        .await
     }
 
     async fn end_call(
@@ -167,13 +202,17 @@ impl EndCallService for EndCallApi {
                 capabilities: convert::capabilities(req.capabilities),
             };
             let applied = api.registry.apply(id, event)?;
-            Ok(pb::EndCallResponse {
-                tool_output: applied.tool_output,
-                directives: api.mapper.directives(id, &applied.step.directives),
-                state: convert::state(applied.state).into(),
-                duplicate: applied.step.duplicate,
+            Ok(Reply {
+                message: pb::EndCallResponse {
+                    tool_output: applied.tool_output,
+                    directives: api.mapper.directives(id, &applied.step.directives),
+                    state: convert::state(applied.state).into(),
+                    duplicate: applied.step.duplicate,
+                },
+                durable: applied.durable,
             })
         })
+        .await
     }
 
     async fn on_speech_created(
@@ -187,6 +226,7 @@ impl EndCallService for EndCallApi {
             };
             api.event_response(id, event)
         })
+        .await
     }
 
     async fn on_speech_done(
@@ -203,6 +243,7 @@ impl EndCallService for EndCallApi {
             };
             api.event_response(id, event)
         })
+        .await
     }
 
     async fn on_session_close(
@@ -217,6 +258,7 @@ impl EndCallService for EndCallApi {
             };
             api.event_response(id, event)
         })
+        .await
     }
 
     type WatchSessionStream = ReceiverStream<Result<pb::Directive, Status>>;
@@ -234,8 +276,9 @@ impl EndCallService for EndCallApi {
                 .poll_watch(&id, req.after_seq, WATCH_BATCH, true)?;
             let (tx, rx) = mpsc::channel(WATCH_BUFFER);
             tokio::spawn(follow(api.clone(), id, req.after_seq, first, tx).in_current_span());
-            Ok(ReceiverStream::new(rx))
+            Ok(ReceiverStream::new(rx).into())
         })
+        .await
     }
 
     async fn get_tool(
@@ -253,8 +296,10 @@ impl EndCallService for EndCallApi {
                 description: tool::description(&extra),
                 parameters_json_schema: tool::PARAMETERS_JSON_SCHEMA.to_owned(),
                 ignore_on_enter: req.ignore_on_enter.unwrap_or(defaults.ignore_on_enter),
-            })
+            }
+            .into())
         })
+        .await
     }
 
     async fn get_session(
@@ -267,8 +312,9 @@ impl EndCallService for EndCallApi {
                 .registry
                 .report(id)
                 .ok_or_else(|| ApiError::NotFound { id: id.to_owned() })?;
-            Ok(api.mapper.report(report))
+            Ok(api.mapper.report(report).into())
         })
+        .await
     }
 }
 

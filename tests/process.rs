@@ -4,89 +4,20 @@
 mod common;
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
-    process::{Child, Command, ExitStatus, Stdio},
+    io::{BufRead as _, Read as _},
+    process::Command,
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{
+    binary::{Sidecar, BIN},
+    *,
+};
 use endcall_sidecar::{
-    config::ListenAddr,
     probe,
     proto::v1::{end_call_service_client::EndCallServiceClient, CloseReason},
 };
 use tonic::Code;
-
-const BIN: &str = env!("CARGO_BIN_EXE_endcall-sidecar");
-
-struct Sidecar {
-    child: Child,
-    addr: ListenAddr,
-}
-
-impl Sidecar {
-    fn start(flags: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(flags)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the binary");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Sidecar { child, addr }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the process to exit, failing the test past `PATIENCE`.
-    async fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the process did not exit in time"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn stderr(&mut self) -> String {
-        let mut text = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut text)
-            .unwrap();
-        text
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn sigterm_with_an_open_watch_stream_drains_and_exits_0() {

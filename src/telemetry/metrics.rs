@@ -36,6 +36,7 @@ pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Full(RPC_DURATION.into()), RPC_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(END_CALL_TO_SHUTDOWN.into()), GOODBYE_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(JOURNAL_SYNC.into()), RPC_BUCKETS)?
         .build()?;
     metrics::set_global_recorder(recorder).map_err(BuildError::FailedToSetGlobalRecorder)?;
     tokio::spawn(exporter);
@@ -94,6 +95,15 @@ fn describe() {
         "Entries in the timer wheel (deadlines, expiries, retention ends)."
     );
     describe_gauge!(WATCHERS, "Open WatchSession streams.");
+    describe_histogram!(
+        JOURNAL_SYNC,
+        Unit::Seconds,
+        "State journal (--state-dir): time to write and fsync one batch of records."
+    );
+    describe_counter!(
+        JOURNAL_RECORDS,
+        "State journal (--state-dir): records made durable."
+    );
 }
 
 pub fn rpc(method: &'static str, code: Code, elapsed: Duration) {
@@ -186,4 +196,13 @@ pub fn code_name(code: Code) -> &'static str {
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
+}
+
+pub const JOURNAL_SYNC: &str = "endcall_journal_sync_seconds";
+pub const JOURNAL_RECORDS: &str = "endcall_journal_records_total";
+
+/// One journal batch written and fsynced (`--state-dir` only).
+pub fn journal_sync(elapsed: Duration, records: usize) {
+    histogram!(JOURNAL_SYNC).record(elapsed.as_secs_f64());
+    counter!(JOURNAL_RECORDS).increment(records as u64);
 }

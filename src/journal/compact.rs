@@ -1,0 +1,118 @@
+//! Keeps the journal proportional to the sessions held, not to the calls ever served.
+//!
+//! Sealed segments (never written again) are read, the records of sessions that were dropped
+//! are left out, and the rest is written to a new file that takes the newest sealed segment's
+//! place by an atomic rename; the older inputs are removed after. A crash at any point leaves
+//! either the inputs, or the output beside inputs whose records it duplicates (replay ignores
+//! duplicates), never less.
+
+use std::{
+    collections::HashSet,
+    fs::{self, File},
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+    sync::mpsc,
+};
+
+use tracing::{debug, error};
+
+use super::{record::Input, segment};
+
+const TMP_SUFFIX: &str = ".compacting";
+
+/// Removes a compaction's output left unfinished by a crash (its inputs are all still there).
+pub(super) fn remove_leftovers(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.ends_with(TMP_SUFFIX))
+        {
+            fs::remove_file(path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts the compaction thread; send it a segment number to compact every segment up to it.
+pub(super) fn spawn(dir: PathBuf) -> io::Result<mpsc::Sender<u64>> {
+    let (tx, rx) = mpsc::channel::<u64>();
+    std::thread::Builder::new()
+        .name("endcall-compact".into())
+        .spawn(move || {
+            while let Ok(mut up_to) = rx.recv() {
+                // Requests that queued up while one ran are covered by the newest of them.
+                while let Ok(later) = rx.try_recv() {
+                    up_to = up_to.max(later);
+                }
+                if let Err(err) = compact(&dir, up_to) {
+                    // The inputs are intact: the journal only stays larger until the next try.
+                    error!(error = %err, dir = %dir.display(), "state journal compaction failed");
+                }
+            }
+        })?;
+    Ok(tx)
+}
+
+/// Rewrites the segments numbered up to `up_to` into one, without dropped sessions.
+pub(super) fn compact(dir: &Path, up_to: u64) -> io::Result<()> {
+    let inputs: Vec<_> = segment::list(dir)?
+        .into_iter()
+        .filter(|(id, _)| *id <= up_to)
+        .collect();
+    let Some((last, _)) = inputs.last() else {
+        return Ok(());
+    };
+    let last = *last;
+    let mut records = Vec::new();
+    let mut bytes_in = 0;
+    for (_, path) in &inputs {
+        let contents = segment::read(path)?;
+        // Recovery repaired every segment before compaction ever runs, and sealed ones are
+        // not written again: damage here is a disk fault, and the segment is left alone.
+        if contents.damage.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is damaged; not compacting it", path.display()),
+            ));
+        }
+        bytes_in += contents.valid_len;
+        records.extend(contents.records);
+    }
+    let dropped: HashSet<(&str, u64)> = records
+        .iter()
+        .filter(|record| matches!(record.input, Some(Input::Dropped(_))))
+        .map(|record| (record.session.as_str(), record.generation))
+        .collect();
+    let mut out = segment::MAGIC.to_vec();
+    let mut kept = 0usize;
+    for record in &records {
+        if !dropped.contains(&(record.session.as_str(), record.generation)) {
+            segment::encode(record, &mut out);
+            kept += 1;
+        }
+    }
+    let tmp = dir.join(format!("{last:020}{TMP_SUFFIX}"));
+    let mut file = File::create(&tmp)?;
+    file.write_all(&out)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, segment::path(dir, last))?;
+    segment::sync_dir(dir)?;
+    for (id, path) in &inputs {
+        if *id != last {
+            fs::remove_file(path)?;
+        }
+    }
+    segment::sync_dir(dir)?;
+    debug!(
+        segments = inputs.len(),
+        bytes_in,
+        bytes_out = out.len(),
+        records_in = records.len(),
+        records_kept = kept,
+        "state journal compacted"
+    );
+    Ok(())
+}
