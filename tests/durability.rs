@@ -147,7 +147,8 @@ async fn sigkill_under_load_loses_no_acknowledged_event_or_directive() {
         tokio::time::sleep(Duration::from_millis(50)).await;
 
         sidecar = start(dir.path());
-        check(&sidecar, &ledger.lock().unwrap().clone()).await;
+        let seen = ledger.lock().unwrap().clone();
+        check(&sidecar, &seen).await;
     }
     let sessions = ledger.lock().unwrap().len();
     assert!(
