@@ -4,7 +4,7 @@
 mod common;
 
 use std::{
-    io::{BufRead as _, Read as _},
+    io::Read as _,
     process::Command,
     time::{Duration, Instant},
 };
