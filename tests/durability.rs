@@ -327,3 +327,51 @@ async fn compaction_keeps_the_journal_to_the_sessions_held() {
     let gone = c.get_session(get("call-0")).await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_journal_write_refuses_events_and_stops_the_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--state-dir",
+        dir.path().to_str().unwrap(),
+        "--state-segment-bytes",
+        "4096",
+    ];
+    let mut sidecar = Sidecar::start(&flags);
+    let mut c = pb::end_call_service_client::EndCallServiceClient::new(
+        probe::connect(&sidecar.addr, PATIENCE).await.unwrap(),
+    );
+    c.end_call(end_call("first", "S")).await.unwrap();
+    // The next segment's name is taken, so sealing the first one fails: the write error a full
+    // disk would give, without needing one.
+    std::fs::create_dir(dir.path().join("00000000000000000002.journal")).unwrap();
+    let mut acknowledged = vec!["first".to_owned()];
+    let refusal = loop {
+        let id = format!("call-{}", acknowledged.len());
+        match c.end_call(end_call(&id, "S")).await {
+            Ok(_) => acknowledged.push(id),
+            Err(status) => break status,
+        }
+        assert!(
+            acknowledged.len() < 1000,
+            "the journal never filled its segment"
+        );
+    };
+    assert_eq!(refusal.code(), Code::Unavailable, "{refusal:?}");
+    assert!(refusal.message().contains("state journal"), "{refusal:?}");
+    let exit = sidecar.wait().await;
+    assert_eq!(exit.code(), Some(1), "the sidecar stops with an error");
+    let logs = sidecar.stderr();
+    assert!(logs.contains("state journal write failed"), "{logs}");
+
+    // Once the fault is gone, a restart has every acknowledged event.
+    std::fs::remove_dir(dir.path().join("00000000000000000002.journal")).unwrap();
+    let sidecar = Sidecar::start(&flags);
+    let mut c = pb::end_call_service_client::EndCallServiceClient::new(
+        probe::connect(&sidecar.addr, PATIENCE).await.unwrap(),
+    );
+    for id in &acknowledged {
+        let report = c.get_session(get(id)).await.unwrap().into_inner();
+        assert_eq!(report.state(), SessionState::Ending, "{id}");
+    }
+}
