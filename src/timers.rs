@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// How often the wheel and the session map give back memory after a large drop.
-const HOUSEKEEPING: Duration = Duration::from_secs(5);
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Where the timer task runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
