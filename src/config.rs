@@ -5,7 +5,13 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Du
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::{domain::Options, machine::Timing, registry::Settings};
+use crate::{
+    auth::{AuthArgs, TokenArgs},
+    domain::Options,
+    machine::Timing,
+    registry::Settings,
+    tls::{ClientTlsArgs, TlsArgs},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +46,12 @@ pub struct ProbeArgs {
     /// Service name to check; "" is the server as a whole.
     #[arg(long, env = "ENDCALL_PROBE_SERVICE", default_value = "")]
     pub service: String,
+
+    // Security (src/auth.rs, src/tls.rs): what the probe sends and trusts.
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +146,12 @@ pub struct ServeArgs {
     /// Log level or filter (tracing's env-filter syntax); RUST_LOG, when set, wins.
     #[arg(long, env = "ENDCALL_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    // Security (src/auth.rs, src/tls.rs): bearer token, TLS and mutual TLS; all off by default.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -201,6 +219,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
+    /// Read and checked when serving starts (`server::serve`), not here: this stays infallible.
+    pub auth: AuthArgs,
+    pub tls: TlsArgs,
 }
 
 impl From<&ServeArgs> for Config {
@@ -231,6 +252,8 @@ impl From<&ServeArgs> for Config {
             metrics_listen: args.metrics_listen,
             shutdown_delay: args.shutdown_delay,
             drain_timeout: args.drain_timeout,
+            auth: args.auth.clone(),
+            tls: args.tls.clone(),
         }
     }
 }

@@ -3,9 +3,11 @@
 //! Layers, from the inside out: `domain` (the contract's vocabulary), `machine` (the pure
 //! per-session state machine), `report` (what a session tells about itself), `registry`
 //! (sessions, per-session ordering, timers, expiry, limits), `convert` and `service` (the gRPC
-//! edge), `server` (listeners, health, reflection, drain), `config` and `telemetry`.
+//! edge), `server` (listeners, health, reflection, drain), `config` and `telemetry`; `auth` and
+//! `tls` (the optional bearer token and TLS).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod convert;
@@ -20,4 +22,5 @@ pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod timers;
+pub mod tls;
 pub mod tool;

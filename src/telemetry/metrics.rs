@@ -69,7 +69,7 @@ fn describe() {
     );
     describe_counter!(
         REQUESTS_REJECTED,
-        "Refused requests by reason: validation, precondition, not_found, session_limit, size_limit."
+        "Refused requests by reason: validation, precondition, not_found, session_limit, size_limit, unauthenticated."
     );
     describe_gauge!(
         SESSIONS,

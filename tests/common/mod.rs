@@ -2,6 +2,8 @@
 //! hands out tonic clients to it.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::time::Duration;
 
 use clap::Parser as _;
