@@ -31,8 +31,9 @@ use tower::{Layer, Service};
 use crate::telemetry::metrics;
 
 /// Where the token comes from; shared by the server and the `probe` subcommand, so an exec
-/// probe in the same container finds the token through the same variables.
-#[derive(Clone, Debug, Default, Args)]
+/// probe in the same container finds the token through the same variables. Its `Debug` hides
+/// the token, so printing a `Config` cannot leak it.
+#[derive(Clone, Default, Args)]
 pub struct TokenArgs {
     /// Require (server) or send (probe) `authorization: Bearer <token>` with this token. Pass it
     /// through the ENDCALL_AUTH_TOKEN variable or --auth-token-file: a value on the command line
@@ -49,6 +50,18 @@ pub struct TokenArgs {
     /// Read the bearer token from this file (trailing newline trimmed). Off unless set.
     #[arg(long, env = "ENDCALL_AUTH_TOKEN_FILE", value_name = "PATH")]
     pub auth_token_file: Option<PathBuf>,
+}
+
+impl fmt::Debug for TokenArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenArgs")
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("auth_token_file", &self.auth_token_file)
+            .finish()
+    }
 }
 
 /// The server's authentication flags.
@@ -88,8 +101,8 @@ pub enum AuthError {
          line is visible to every process on the host"
     )]
     OnCommandLine,
-    #[error("--auth-token (ENDCALL_AUTH_TOKEN): a bearer token cannot hold {0}")]
-    NotHeaderSafe(&'static str),
+    #[error("{origin}: a bearer token cannot hold {what}")]
+    NotHeaderSafe { origin: String, what: &'static str },
 }
 
 /// A configured token. Its `Debug` never shows the value, so it cannot reach a log line.
@@ -105,25 +118,34 @@ impl fmt::Debug for Token {
 impl Token {
     /// The token named by the flags, if any: read once at start.
     pub fn load(args: &TokenArgs) -> Result<Option<Token>, AuthError> {
-        let token = match (&args.auth_token, &args.auth_token_file) {
+        let (token, origin) = match (&args.auth_token, &args.auth_token_file) {
             (Some(token), _) => {
                 if token.is_empty() {
                     return Err(AuthError::Empty);
                 }
-                token.clone()
+                (
+                    token.clone(),
+                    "--auth-token (ENDCALL_AUTH_TOKEN)".to_owned(),
+                )
             }
-            (None, Some(path)) => read_token_file(path)?,
+            (None, Some(path)) => (
+                read_token_file(path)?,
+                format!("--auth-token-file {}", path.display()),
+            ),
             (None, None) => return Ok(None),
         };
         // Sent as an HTTP/2 header: anything a header value cannot carry could never match.
-        if token.chars().any(|c| c.is_ascii_control()) {
-            return Err(AuthError::NotHeaderSafe("control characters"));
-        }
-        if !token.is_ascii() {
-            return Err(AuthError::NotHeaderSafe("non-ASCII characters"));
-        }
-        if token.trim() != token {
-            return Err(AuthError::NotHeaderSafe("leading or trailing spaces"));
+        let unfit = if token.chars().any(|c| c.is_ascii_control()) {
+            Some("control characters")
+        } else if !token.is_ascii() {
+            Some("non-ASCII characters")
+        } else if token.trim() != token {
+            Some("leading or trailing spaces")
+        } else {
+            None
+        };
+        if let Some(what) = unfit {
+            return Err(AuthError::NotHeaderSafe { origin, what });
         }
         Ok(Some(Token(token.into())))
     }
@@ -380,6 +402,11 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_the_token() {
+        let args = TokenArgs {
+            auth_token: Some("s3cret".into()),
+            auth_token_file: None,
+        };
+        assert!(!format!("{args:?}").contains("s3cret"));
         let token = Token("s3cret".into());
         assert!(!format!("{token:?}").contains("s3cret"));
         assert!(!format!("{:?}", Policy::new(&token, true)).contains("s3cret"));
@@ -405,8 +432,11 @@ mod tests {
             let loaded = load_file(&token_file(contents)).unwrap().unwrap();
             assert_eq!(&*loaded.0, token);
         }
-        let err = load_file(&token_file(" abc\n")).unwrap_err();
-        assert!(err.to_string().contains("--auth-token"), "{err}");
+        let file = token_file(" abc\n");
+        let err = load_file(&file).unwrap_err().to_string();
+        let expected = format!("--auth-token-file {}: ", file.path().display());
+        assert!(err.starts_with(&expected), "{err}");
+        assert!(err.ends_with("leading or trailing spaces"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! The PEM files are read and parsed here, at start, so a wrong path or a file of the wrong
 //! kind fails with the flag and path named, rather than as a handshake error on the first call.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::Args;
 use rustls_pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
@@ -97,16 +100,22 @@ pub enum TlsError {
     Rejected { flags: &'static str, reason: String },
 }
 
+/// A client that connects and never finishes its handshake holds a socket and a task until it
+/// goes; real handshakes over loopback or a LAN take milliseconds.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Sets the server up for TLS (and mTLS) when the flags ask for it.
 pub fn configure<L>(server: Server<L>, args: &TlsArgs) -> Result<Server<L>, TlsError> {
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
         // clap makes the two go together; neither means plaintext.
         return Ok(server);
     };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
-        read_certs("--tls-cert", cert)?,
-        read_key("--tls-key", key)?,
-    ));
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read_certs("--tls-cert", cert)?,
+            read_key("--tls-key", key)?,
+        ))
+        .timeout(HANDSHAKE_TIMEOUT);
     if let Some(ca) = &args.tls_client_ca {
         config = config.client_ca_root(Certificate::from_pem(read_certs("--tls-client-ca", ca)?));
     }
