@@ -5,7 +5,14 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Du
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-use crate::{domain::Options, journal::JournalSettings, machine::Timing, registry::Settings};
+use crate::{
+    auth::{AuthArgs, TokenArgs},
+    domain::Options,
+    journal::JournalSettings,
+    machine::Timing,
+    registry::Settings,
+    tls::{ClientTlsArgs, TlsArgs},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +47,12 @@ pub struct ProbeArgs {
     /// Service name to check; "" is the server as a whole.
     #[arg(long, env = "ENDCALL_PROBE_SERVICE", default_value = "")]
     pub service: String,
+
+    // Security (src/auth.rs, src/tls.rs): what the probe sends and trusts.
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +157,12 @@ pub struct ServeArgs {
     /// Log level or filter (tracing's env-filter syntax); RUST_LOG, when set, wins.
     #[arg(long, env = "ENDCALL_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    // Security (src/auth.rs, src/tls.rs): bearer token, TLS and mutual TLS; all off by default.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -213,6 +232,9 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Where sessions are journaled; `None`: in memory only.
     pub state: Option<JournalSettings>,
+    /// Read and checked when serving starts (`server::serve`), not here: this stays infallible.
+    pub auth: AuthArgs,
+    pub tls: TlsArgs,
 }
 
 impl From<&ServeArgs> for Config {
@@ -247,6 +269,8 @@ impl From<&ServeArgs> for Config {
                 dir,
                 segment_bytes: args.state_segment_bytes,
             }),
+            auth: args.auth.clone(),
+            tls: args.tls.clone(),
         }
     }
 }

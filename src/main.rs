@@ -3,12 +3,13 @@
 
 use std::{io::Write as _, process::ExitCode};
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use endcall_sidecar::{
+    auth,
     config::{Cli, Command, Config},
     probe,
     server::{self, Listener},
-    telemetry,
+    telemetry, tls,
 };
 use tracing::{error, info};
 
@@ -20,7 +21,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    if auth::token_on_command_line(&matches) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                auth::AuthError::OnCommandLine,
+            )
+            .exit();
+    }
     match cli.command {
         Some(Command::Probe(args)) => probe::run(&args, &cli.serve.listen).await,
         None => serve(Config::from(&cli.serve), &cli).await,
@@ -36,6 +46,11 @@ async fn serve(config: Config, cli: &Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A bad token or certificate fails before the address is announced (serve reads them again).
+    if let Err(err) = check_security(&config) {
+        error!("{err}");
+        return ExitCode::from(2);
+    }
     if let Some(addr) = config.metrics_listen {
         if let Err(err) = telemetry::metrics::install(addr) {
             error!("--metrics-listen {addr}: {err}");
@@ -66,4 +81,10 @@ async fn serve(config: Config, cli: &Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn check_security(config: &Config) -> Result<(), String> {
+    auth::Policy::load(&config.auth).map_err(|e| e.to_string())?;
+    tls::configure(tonic::transport::Server::builder(), &config.tls).map_err(|e| e.to_string())?;
+    Ok(())
 }

@@ -5,29 +5,60 @@ use std::{process::ExitCode, time::Duration};
 
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{
+    transport::{Channel, ClientTlsConfig, Endpoint, Uri},
+    Request,
+};
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
 
-use crate::config::{ListenAddr, ProbeArgs};
+use crate::{
+    auth::Token,
+    config::{ListenAddr, ProbeArgs},
+    tls::{self, error_chain},
+};
 
-/// Opens a channel to a sidecar over TCP or a Unix socket.
+/// Opens a plaintext channel to a sidecar over TCP or a Unix socket.
 pub async fn connect(
     addr: &ListenAddr,
     timeout: Duration,
 ) -> Result<Channel, tonic::transport::Error> {
+    connect_with(addr, timeout, None).await
+}
+
+/// The server name a certificate is checked against when none is given: the host of the
+/// address, as any TLS client would, and "localhost" for a Unix socket.
+pub fn default_server_name(addr: &ListenAddr) -> String {
+    match addr {
+        ListenAddr::Tcp(socket) => socket.ip().to_string(),
+        ListenAddr::Unix(_) => "localhost".into(),
+    }
+}
+
+/// Opens a channel to a sidecar over TCP or a Unix socket, with TLS when `tls` is given.
+pub async fn connect_with(
+    addr: &ListenAddr,
+    timeout: Duration,
+    tls: Option<ClientTlsConfig>,
+) -> Result<Channel, tonic::transport::Error> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let with_tls = |endpoint: Endpoint| match tls.clone() {
+        Some(tls) => endpoint.tls_config(tls),
+        None => Ok(endpoint),
+    };
     match addr {
         ListenAddr::Tcp(socket) => {
-            Endpoint::from_shared(format!("http://{socket}"))?
+            with_tls(Endpoint::from_shared(format!("{scheme}://{socket}"))?)?
                 .connect_timeout(timeout)
                 .connect()
                 .await
         }
         ListenAddr::Unix(path) => {
             let path = path.clone();
-            // The URI is required by the API but unused: the connector dials the socket.
-            Endpoint::from_static("http://localhost")
+            // The URI is required by the API but unused beyond its scheme (TLS or not): the
+            // connector dials the socket.
+            with_tls(Endpoint::from_shared(format!("{scheme}://localhost"))?)?
                 .connect_timeout(timeout)
                 .connect_with_connector(tower::service_fn(move |_: Uri| {
                     let path = path.clone();
@@ -38,20 +69,47 @@ pub async fn connect(
     }
 }
 
+/// How the probe reaches a server that asks for a token or TLS.
+#[derive(Clone, Debug, Default)]
+pub struct Security {
+    pub token: Option<Token>,
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl Security {
+    /// Reads the probe's token and TLS files.
+    pub fn load(args: &ProbeArgs, addr: &ListenAddr) -> Result<Self, String> {
+        Ok(Security {
+            token: Token::load(&args.token).map_err(|e| e.to_string())?,
+            tls: tls::client_config(&args.tls, &default_server_name(addr))
+                .map_err(|e| e.to_string())?,
+        })
+    }
+}
+
 /// The serving status of `service` at `addr` ("" is the whole server).
 pub async fn check(
     addr: &ListenAddr,
     service: &str,
     timeout: Duration,
+    security: &Security,
 ) -> Result<ServingStatus, String> {
+    let bearer = match &security.token {
+        Some(token) => Some(token.bearer().map_err(|e| format!("--auth-token: {e}"))?),
+        None => None,
+    };
     let attempt = async {
-        let channel = connect(addr, timeout)
+        let channel = connect_with(addr, timeout, security.tls.clone())
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| format!("connect: {}", error_chain(&e)))?;
+        let mut request = Request::new(HealthCheckRequest {
+            service: service.to_owned(),
+        });
+        if let Some(bearer) = bearer {
+            request.metadata_mut().insert("authorization", bearer);
+        }
         let response = HealthClient::new(channel)
-            .check(HealthCheckRequest {
-                service: service.to_owned(),
-            })
+            .check(request)
             .await
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?;
         Ok(response.into_inner().status())
@@ -64,7 +122,14 @@ pub async fn check(
 /// Runs the subcommand: prints the outcome, exits 0 only when SERVING.
 pub async fn run(args: &ProbeArgs, listen: &ListenAddr) -> ExitCode {
     let addr = args.addr.clone().unwrap_or_else(|| listen.dialable());
-    match check(&addr, &args.service, args.timeout).await {
+    let security = match Security::load(args, &addr) {
+        Ok(security) => security,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    match check(&addr, &args.service, args.timeout, &security).await {
         Ok(ServingStatus::Serving) => {
             println!("{addr}: SERVING");
             ExitCode::SUCCESS

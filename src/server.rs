@@ -17,6 +17,7 @@ use tower::util::MapResponseLayer;
 use tracing::{info, warn};
 
 use crate::{
+    auth::{self, AuthLayer},
     clock::Clock,
     config::{Config, ListenAddr},
     journal::{self, Opened},
@@ -25,6 +26,7 @@ use crate::{
     service::EndCallApi,
     telemetry::metrics,
     timers::TimerThread,
+    tls,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,10 @@ pub enum ServeError {
     Journal(io::Error),
     #[error("--state-dir: the state journal failed (see the error above); stopped so that a restart replays what is on disk")]
     JournalFailed,
+    #[error("{0}")]
+    Auth(#[from] auth::AuthError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A bound listener: TCP, or a Unix socket shared with the agent through a volume.
@@ -108,6 +114,10 @@ pub async fn serve(
     listener: Listener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    // Security first: a bad token or certificate file must fail before anything serves.
+    let auth = AuthLayer::new(auth::Policy::load(&config.auth)?);
+    let server = tls::configure(Server::builder(), &config.tls)?;
+
     let registry = match &config.state {
         None => Registry::start(
             config.registry.clone(),
@@ -160,10 +170,13 @@ pub async fn serve(
     ))
     .max_decoding_message_size(config.max_request_bytes);
 
-    let router = Server::builder()
+    let router = server
         // gRPC's reference implementations answer an oversized message with
         // RESOURCE_EXHAUSTED, as our contract does for every limit; tonic says OUT_OF_RANGE.
         .layer(MapResponseLayer::new(oversized_as_resource_exhausted))
+        // Inside the size rewrite, in front of every service: reflection reveals the API, so it
+        // needs the token too; health may be exempt (src/auth.rs).
+        .layer(auth)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

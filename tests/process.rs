@@ -193,6 +193,12 @@ fn help_documents_every_flag_with_its_variable() {
         ("--drain-timeout", "ENDCALL_DRAIN_TIMEOUT"),
         ("--log-format", "ENDCALL_LOG_FORMAT"),
         ("--log-level", "ENDCALL_LOG_LEVEL"),
+        ("--auth-token", "ENDCALL_AUTH_TOKEN"),
+        ("--auth-token-file", "ENDCALL_AUTH_TOKEN_FILE"),
+        ("--auth-health-exempt", "ENDCALL_AUTH_HEALTH_EXEMPT"),
+        ("--tls-cert", "ENDCALL_TLS_CERT"),
+        ("--tls-key", "ENDCALL_TLS_KEY"),
+        ("--tls-client-ca", "ENDCALL_TLS_CLIENT_CA"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(help.contains(env), "{env} missing from --help");
@@ -413,4 +419,152 @@ async fn health_turns_not_serving_while_the_shutdown_delay_runs() {
     // Unready, yet still serving the calls it gets during the delay.
     c.end_call(end_call("late", "S")).await.unwrap();
     assert!(sidecar.wait().await.success());
+}
+
+/// Runs `endcall-sidecar probe` with these flags and variables: (exit code, stdout + stderr).
+fn run_probe(flags: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .arg("probe")
+        .args(flags)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[tokio::test]
+async fn the_binary_serves_mtls_with_a_token_file_and_the_probe_gets_through() {
+    const TOKEN: &str = "probe-me-if-you-can";
+    let pki = common::pki::Pki::new();
+    let token_file = pki.path("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let token_file = token_file.display().to_string();
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut sidecar = Sidecar::start(&[
+        "--tls-cert",
+        &pki.arg("server.pem"),
+        "--tls-key",
+        &pki.arg("server.key"),
+        "--tls-client-ca",
+        &pki.arg("client-ca.pem"),
+        "--auth-token-file",
+        &token_file,
+        "--auth-health-exempt",
+        "false",
+        "--metrics-listen",
+        &metrics,
+        "--log-level",
+        "debug",
+    ]);
+    let addr = sidecar.addr.to_string();
+    let tls = [
+        "--addr",
+        &addr,
+        "--tls-ca",
+        &pki.arg("ca.pem"),
+        "--tls-cert",
+        &pki.arg("client.pem"),
+        "--tls-key",
+        &pki.arg("client.key"),
+    ];
+
+    // Everything right: TLS, client certificate, and the token from the shared variable.
+    let (code, out) = run_probe(&tls, &[("ENDCALL_AUTH_TOKEN_FILE", &token_file)]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("SERVING"), "{out}");
+    let (code, out) = run_probe(&tls, &[("ENDCALL_AUTH_TOKEN", TOKEN)]);
+    assert_eq!(code, Some(0), "{out}");
+
+    // No token: refused, and counted.
+    let (code, out) = run_probe(&tls, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("Unauthenticated: missing authorization metadata"),
+        "{out}"
+    );
+    // A wrong token: refused without echoing it.
+    let (code, out) = run_probe(&tls, &[("ENDCALL_AUTH_TOKEN", "probe-me-if-you-cant")]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("invalid bearer token"), "{out}");
+    let body = scrape(port);
+    assert_eq!(
+        sample(
+            &body,
+            "endcall_requests_rejected_total",
+            &[("reason", "unauthenticated")]
+        ),
+        Some(2.0),
+        "{body}"
+    );
+
+    // No client certificate, or no TLS at all: the probe fails.
+    let (code, out) = run_probe(&tls[..4], &[("ENDCALL_AUTH_TOKEN", TOKEN)]);
+    assert_eq!(code, Some(1), "{out}");
+    let (code, out) = run_probe(&["--addr", &addr], &[("ENDCALL_AUTH_TOKEN", TOKEN)]);
+    assert_eq!(code, Some(1), "{out}");
+    // A probe flag naming a missing file exits 2 naming it.
+    let (code, out) = run_probe(&["--addr", &addr, "--tls-ca", "/nonexistent/ca.pem"], &[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("--tls-ca /nonexistent/ca.pem"), "{out}");
+
+    sidecar.signal("TERM");
+    assert!(sidecar.wait().await.success());
+    let logs = sidecar.stderr();
+    assert!(logs.contains("refused"), "{logs}");
+    assert!(
+        !logs.contains("probe-me-if-you-ca"),
+        "a token reached the logs: {logs}"
+    );
+}
+
+#[test]
+fn bad_security_settings_exit_2_naming_the_flag() {
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let empty = empty.path().display().to_string();
+    // (flags, variables, what the error must name)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
+        (&["--auth-token", "s3cret"], &[], "ENDCALL_AUTH_TOKEN"),
+        (
+            &["--auth-token-file", &empty],
+            &[("ENDCALL_AUTH_TOKEN", "s3cret")],
+            "--auth-token-file",
+        ),
+        (&["--auth-token-file", &empty], &[], "--auth-token-file"),
+        (
+            &["--auth-token-file", "/nonexistent/token"],
+            &[],
+            "/nonexistent/token",
+        ),
+        (&["--tls-cert", "/x.pem"], &[], "--tls-key"),
+        (
+            &[
+                "--tls-cert",
+                "/nonexistent/c.pem",
+                "--tls-key",
+                "/nonexistent/k.pem",
+            ],
+            &[],
+            "--tls-cert /nonexistent/c.pem",
+        ),
+    ];
+    for (flags, env, named) in cases {
+        let out = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(flags)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(named), "{flags:?}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "{flags:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "nothing announced: {flags:?}");
+    }
 }

@@ -70,7 +70,7 @@ fn describe() {
     );
     describe_counter!(
         REQUESTS_REJECTED,
-        "Refused requests by reason: validation, precondition, not_found, session_limit, size_limit, journal."
+        "Refused requests by reason: validation, precondition, not_found, session_limit, size_limit, journal, unauthenticated."
     );
     describe_gauge!(
         SESSIONS,

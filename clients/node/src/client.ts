@@ -1,6 +1,7 @@
 import * as grpc from '@grpc/grpc-js';
 import type { EndCallServiceClient } from './gen/endcall/v1/EndCallService.js';
 import { loadApi } from './proto.js';
+import { bearerInterceptor, resolveSecurity, type SecurityOptions } from './security.js';
 import type {
   Directive__Output,
   Duration,
@@ -22,12 +23,20 @@ import type {
 
 export const DEFAULT_ADDRESS = '127.0.0.1:50051';
 
-export interface EndCallClientOptions {
+/**
+ * Security (all optional, each falling back to its variable): `token`/`tokenFile` is sent as
+ * `authorization: Bearer` on every call, watch streams included; `tlsCa` turns TLS on;
+ * `tlsCert`/`tlsKey` add a client certificate for mutual TLS. See {@link SecurityOptions}.
+ */
+export interface EndCallClientOptions extends SecurityOptions {
   /**
    * `host:port` or `unix:/path/to.sock`. Default: env `ENDCALL_SIDECAR_ADDR`, else `127.0.0.1:50051`.
    */
   address?: string;
-  /** Default: insecure (the sidecar listens on loopback or a Unix socket). */
+  /**
+   * Overrides the channel credentials built from `tlsCa`/`tlsCert`/`tlsKey`. Default: insecure
+   * (the sidecar listens on loopback or a Unix socket) unless TLS is configured.
+   */
   credentials?: grpc.ChannelCredentials;
   /** Deadline of each unary call, in milliseconds. Default 5000. */
   deadlineMs?: number;
@@ -81,11 +90,12 @@ export class EndCallClient {
   constructor(options: EndCallClientOptions = {}) {
     this.address = options.address ?? process.env.ENDCALL_SIDECAR_ADDR ?? DEFAULT_ADDRESS;
     const Service = loadApi().endcall.v1.EndCallService;
-    this.#stub = new Service(
-      this.address,
-      options.credentials ?? grpc.credentials.createInsecure(),
-      options.channelOptions,
-    );
+    const security = resolveSecurity(options);
+    this.#stub = new Service(this.address, options.credentials ?? security.credentials, {
+      ...security.channelOptions,
+      ...options.channelOptions,
+      ...(security.authorization === undefined ? {} : { interceptors: [bearerInterceptor(security.authorization)] }),
+    });
     this.#deadlineMs = options.deadlineMs ?? 5000;
     this.#retries = options.retries ?? 2;
     this.#retryDelayMs = options.retryDelayMs ?? 100;

@@ -38,7 +38,8 @@ export interface ReconnectInfo {
  * a closed session (`end` with `'closed'`) or on {@link stop} (`'stopped'`).
  *
  * Events: `directive` (Directive__Output), `reconnect` (ReconnectInfo), `end` (WatchEnd),
- * `error` (the last error, after `maxAttempts` fruitless attempts; the watcher then stops).
+ * `error` (the last error, after `maxAttempts` fruitless attempts, or at once when the sidecar
+ * refuses the token as UNAUTHENTICATED; the watcher then stops).
  */
 export class SessionWatcher extends EventEmitter {
   readonly sessionId: string;
@@ -123,7 +124,9 @@ export class SessionWatcher extends EventEmitter {
           }
         }
         failures = this.#lastSeq > before ? 1 : failures + 1;
-        if (failures >= this.#maxAttempts) {
+        // A refused token stays refused: retrying would only delay the error.
+        const refused = isSidecarError(error) && error.code === grpc.status.UNAUTHENTICATED;
+        if (refused || failures >= this.#maxAttempts) {
           const err = error ?? new Error(`WatchSession(${this.sessionId}) kept ending without progress`);
           this.#stopped = true;
           this.emit('error', err);

@@ -16,6 +16,7 @@ from .errors import (
     ResourceExhausted,
     SidecarError,
     SidecarUnavailable,
+    Unauthenticated,
 )
 from .types import (
     UNSET,
@@ -51,6 +52,7 @@ __all__ = [
     "FailedPrecondition",
     "ResourceExhausted",
     "SidecarUnavailable",
+    "Unauthenticated",
     "UNSET",
     "Unset",
     "CloseReason",

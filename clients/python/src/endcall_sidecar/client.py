@@ -14,6 +14,7 @@ import grpc.aio
 from ._proto.endcall.v1 import endcall_pb2 as pb
 from ._proto.endcall.v1 import endcall_pb2_grpc as pb_grpc
 from .errors import SidecarError, SidecarUnavailable, from_rpc_error
+from .security import Security, resolve_security
 from .types import (
     CloseReason,
     CloseReasonLike,
@@ -56,6 +57,12 @@ class EndCallClient:
 
     ``timeout`` bounds each unary call (seconds). Calls fail fast with SidecarUnavailable when
     the sidecar cannot be reached (no waiting for the channel to become ready).
+
+    Security (all optional; each falls back to its variable): ``token`` or ``token_file``
+    (ENDCALL_SIDECAR_TOKEN, ENDCALL_SIDECAR_TOKEN_FILE) is sent as ``authorization: Bearer``
+    with every call, watch streams included; ``tls_ca`` (ENDCALL_SIDECAR_TLS_CA) turns TLS on,
+    ``tls_cert``/``tls_key`` (ENDCALL_SIDECAR_TLS_CERT/_KEY) add a client certificate for mutual
+    TLS, ``tls_server_name`` (ENDCALL_SIDECAR_TLS_SERVER_NAME) overrides the name checked.
     """
 
     def __init__(
@@ -65,12 +72,27 @@ class EndCallClient:
         timeout: float = 5.0,
         channel: grpc.aio.Channel | None = None,
         channel_options: list[tuple[str, Any]] | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
+        self.security: Security = resolve_security(
+            token=token,
+            token_file=token_file,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_server_name=tls_server_name,
+        )
+        self._metadata = self.security.metadata()
         self._own_channel = channel is None
-        self._channel = channel or grpc.aio.insecure_channel(
-            _target(address), options=channel_options or []
+        self._channel = channel or self.security.channel(
+            _target(address), list(channel_options or [])
         )
         self._stub = pb_grpc.EndCallServiceStub(self._channel)
 
@@ -87,7 +109,11 @@ class EndCallClient:
     async def _unary(self, name: str, request: Any, timeout: float | None) -> Any:
         method = getattr(self._stub, name)
         try:
-            return await method(request, timeout=self.timeout if timeout is None else timeout)
+            return await method(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e, name) from None
         except grpc.aio.UsageError as e:  # e.g. the channel was closed
@@ -188,7 +214,8 @@ class EndCallClient:
     ) -> AsyncIterator[Directive]:
         """One WatchSession stream, no reconnect. Errors surface as SidecarError."""
         call = self._stub.WatchSession(
-            pb.WatchSessionRequest(session_id=session_id, after_seq=after_seq)
+            pb.WatchSessionRequest(session_id=session_id, after_seq=after_seq),
+            metadata=self._metadata,
         )
         try:
             async for m in call:
@@ -264,7 +291,8 @@ class DirectiveWatcher:
         stub = self._client._stub
         while not self._closed:
             self._call = stub.WatchSession(
-                pb.WatchSessionRequest(session_id=self.session_id, after_seq=self.last_seq)
+                pb.WatchSessionRequest(session_id=self.session_id, after_seq=self.last_seq),
+                metadata=self._client._metadata,
             )
             try:
                 async for m in self._call:

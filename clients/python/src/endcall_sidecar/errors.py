@@ -11,6 +11,7 @@ __all__ = [
     "FailedPrecondition",
     "ResourceExhausted",
     "SidecarUnavailable",
+    "Unauthenticated",
     "from_rpc_error",
 ]
 
@@ -46,6 +47,10 @@ class SidecarUnavailable(SidecarError):
     """The sidecar could not be reached, or did not answer in time."""
 
 
+class Unauthenticated(SidecarError):
+    """The sidecar wants a bearer token (none was sent) or refused the one sent."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[SidecarError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
@@ -53,6 +58,7 @@ _BY_CODE: dict[grpc.StatusCode, type[SidecarError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAVAILABLE: SidecarUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: SidecarUnavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
 }
 
 
