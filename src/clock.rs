@@ -31,6 +31,11 @@ impl Clock {
         self.origin_time + self.origin.elapsed()
     }
 
+    /// The time at which tokio's `instant` is reached.
+    pub fn time_at(&self, instant: Instant) -> Time {
+        self.origin_time + instant.saturating_duration_since(self.origin)
+    }
+
     /// The tokio instant at which `time` is reached.
     pub fn instant_at(&self, time: Time) -> Instant {
         self.origin + time.since(self.origin_time)

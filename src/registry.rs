@@ -23,7 +23,7 @@ use std::{
 };
 
 use dashmap::{mapref::one::RefMut, DashMap};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -109,7 +109,7 @@ pub struct Registry {
     settings: Settings,
     clock: Clock,
     live: AtomicUsize,
-    timers: mpsc::UnboundedSender<(SessionId, Time)>,
+    timers: Arc<timers::Arms>,
     journal: Option<Journal>,
 }
 
@@ -120,16 +120,16 @@ impl Registry {
         clock: Clock,
         placement: TimerThread,
     ) -> std::io::Result<Arc<Self>> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let arms = timers::Arms::new();
         let registry = Arc::new(Self {
             sessions: DashMap::with_hasher(Hasher::default()),
             settings,
             clock,
             live: AtomicUsize::new(0),
-            timers: tx,
+            timers: Arc::clone(&arms),
             journal: None,
         });
-        timers::spawn(Arc::downgrade(&registry), clock, rx, placement)?;
+        timers::spawn(Arc::downgrade(&registry), clock, arms, placement)?;
         Ok(registry)
     }
 
@@ -142,7 +142,7 @@ impl Registry {
         mut opened: Opened,
     ) -> std::io::Result<Arc<Self>> {
         let recovered = std::mem::take(&mut opened.recovered);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let arms = timers::Arms::new();
         let mut started = Ok(());
         let registry = Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
             let weak = weak.clone();
@@ -157,12 +157,12 @@ impl Registry {
                 settings,
                 clock,
                 live: AtomicUsize::new(0),
-                timers: tx,
+                timers: Arc::clone(&arms),
                 journal,
             }
         });
         started?;
-        timers::spawn(Arc::downgrade(&registry), clock, rx, placement)?;
+        timers::spawn(Arc::downgrade(&registry), clock, arms, placement)?;
         registry.restore(recovered.sessions);
         Ok(registry)
     }
@@ -543,8 +543,7 @@ impl Registry {
         };
         if entry.armed.is_none_or(|armed| wake < armed) {
             entry.armed = Some(wake);
-            // The receiver lives as long as the registry, which is alive here.
-            let _ = self.timers.send((id.clone(), wake));
+            self.timers.arm(id.clone(), wake);
         }
     }
 }

@@ -5,10 +5,22 @@
 //! most one entry: arming it again moves that entry (the registry only ever moves it earlier),
 //! so nothing stale outlives a session. An entry that comes due for a deadline that has since
 //! gone is harmless: the registry asks the machine what is due now and re-arms.
+//!
+//! Arming must not cost a thread wake-up per event: most deadlines (a 30 s playout guard, a
+//! 2 h idle expiry) fall long after the wheel's next expiry anyway. So arms are queued, and the
+//! timer task is woken only when an arm is due before the time it will wake up by itself (it
+//! publishes that time), or when the queue has grown long enough to be worth draining.
 
-use std::{collections::HashMap, sync::Weak, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
+    time::Duration,
+};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_stream::StreamExt as _;
 use tokio_util::time::{delay_queue::Key, DelayQueue};
 
@@ -19,8 +31,15 @@ use crate::{
     telemetry::metrics,
 };
 
-/// How often the wheel and the session map give back memory after a large drop.
+/// How often the wheel and the session map give back memory after a large drop; also how
+/// soon the timer task notices that the registry is gone.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// Queued arms that wake the timer task even if none is due soon: bounds the queue's memory.
+const DRAIN_AT: usize = 1024;
+
+/// "Awake": the timer task is draining the queue, so no arm needs to wake it.
+const AWAKE: u64 = 0;
 
 /// Where the timer task runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,15 +51,55 @@ pub enum TimerThread {
     Shared,
 }
 
+/// The registry's side: queues arms for the timer task.
+pub(crate) struct Arms {
+    queue: Mutex<Vec<(SessionId, Time)>>,
+    /// When the timer task will next wake by itself (µs since the epoch), or `AWAKE`.
+    next_wake: AtomicU64,
+    wake: Notify,
+}
+
+impl Arms {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            queue: Mutex::new(Vec::new()),
+            next_wake: AtomicU64::new(u64::MAX),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Asks for `id`'s timer to fire at `at` (moving its entry if it has one).
+    pub(crate) fn arm(&self, id: SessionId, at: Time) {
+        let queued = {
+            // A poisoned lock only means a panic elsewhere mid-push; the queue is still whole.
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            queue.push((id, at));
+            queue.len()
+        };
+        // SeqCst pairs with the timer task's publish-then-recheck: either it sees this arm in
+        // the queue, or this load sees the time it is going to sleep until.
+        let next_wake = self.next_wake.load(Ordering::SeqCst);
+        if (next_wake != AWAKE && at.as_micros() < next_wake) || queued == DRAIN_AT {
+            // A permit is kept if the task is not waiting yet: the wake cannot be lost.
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self, into: &mut Vec<(SessionId, Time)>) {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::swap(&mut *queue, into);
+    }
+}
+
 pub(crate) fn spawn(
     registry: Weak<Registry>,
     clock: Clock,
-    requests: mpsc::UnboundedReceiver<(SessionId, Time)>,
+    arms: Arc<Arms>,
     placement: TimerThread,
 ) -> std::io::Result<()> {
     match placement {
         TimerThread::Shared => {
-            tokio::spawn(run(registry, clock, requests));
+            tokio::spawn(run(registry, clock, arms));
         }
         TimerThread::Dedicated => {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -48,62 +107,72 @@ pub(crate) fn spawn(
                 .build()?;
             std::thread::Builder::new()
                 .name("endcall-timers".into())
-                .spawn(move || runtime.block_on(run(registry, clock, requests)))?;
+                .spawn(move || runtime.block_on(run(registry, clock, arms)))?;
         }
     }
     Ok(())
 }
 
-async fn run(
-    registry: Weak<Registry>,
-    clock: Clock,
-    mut requests: mpsc::UnboundedReceiver<(SessionId, Time)>,
-) {
-    {
-        let mut queue: DelayQueue<SessionId> = DelayQueue::new();
-        let mut entries: HashMap<SessionId, (Key, Time), foldhash::fast::RandomState> =
-            HashMap::default();
-        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
-        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+async fn run(registry: Weak<Registry>, clock: Clock, arms: Arc<Arms>) {
+    let mut queue: DelayQueue<SessionId> = DelayQueue::new();
+    let mut entries: HashMap<SessionId, (Key, Time), foldhash::fast::RandomState> =
+        HashMap::default();
+    let mut batch = Vec::new();
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // Drain the queued arms, then publish when we will wake by ourselves; an arm that
+        // slipped in between is caught by the re-check.
         loop {
-            tokio::select! {
-                // Expiries first: under a burst of arming, deadlines must not wait behind it.
-                biased;
-                Some(expired) = queue.next() => {
-                    let id = expired.into_inner();
-                    let Some((_, at)) = entries.remove(&id) else { continue };
-                    let Some(registry) = registry.upgrade() else { break };
-                    registry.on_timer(&id, at);
-                }
-                request = requests.recv() => match request {
-                    Some((id, at)) => {
-                        let when = clock.instant_at(at);
-                        match entries.get_mut(&id) {
-                            Some((key, armed)) => {
-                                queue.reset_at(key, when);
-                                *armed = at;
-                            }
-                            None => {
-                                let key = queue.insert_at(id.clone(), when);
-                                entries.insert(id, (key, at));
-                            }
-                        }
+            arms.next_wake.store(AWAKE, Ordering::SeqCst);
+            arms.take(&mut batch);
+            for (id, at) in batch.drain(..) {
+                let when = clock.instant_at(at);
+                match entries.get_mut(&id) {
+                    Some((key, armed)) => {
+                        queue.reset_at(key, when);
+                        *armed = at;
                     }
-                    // The registry is gone.
-                    None => break,
-                },
-                _ = housekeeping.tick() => {
-                    // After a burst of sessions is gone, tables sized for the burst would keep
-                    // its memory for good.
-                    if entries.len() < entries.capacity() / 4 {
-                        entries.shrink_to_fit();
-                        queue.compact();
+                    None => {
+                        let key = queue.insert_at(id.clone(), when);
+                        entries.insert(id, (key, at));
                     }
-                    let Some(registry) = registry.upgrade() else { break };
-                    registry.shrink_if_sparse();
                 }
             }
-            metrics::timers_pending(queue.len());
+            let next = queue.peek().map_or(u64::MAX, |key| {
+                clock.time_at(queue.deadline(&key)).as_micros()
+            });
+            arms.next_wake.store(next, Ordering::SeqCst);
+            if arms
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                break;
+            }
+        }
+        metrics::timers_pending(queue.len());
+        tokio::select! {
+            // Expiries first: deadlines must not wait behind anything else.
+            biased;
+            Some(expired) = queue.next() => {
+                let id = expired.into_inner();
+                let Some((_, at)) = entries.remove(&id) else { continue };
+                let Some(registry) = registry.upgrade() else { break };
+                registry.on_timer(&id, at);
+            }
+            () = arms.wake.notified() => {}
+            _ = housekeeping.tick() => {
+                // After a burst of sessions is gone, tables sized for the burst would keep
+                // its memory for good.
+                if entries.len() < entries.capacity() / 4 {
+                    entries.shrink_to_fit();
+                    queue.compact();
+                }
+                let Some(registry) = registry.upgrade() else { break };
+                registry.shrink_if_sparse();
+            }
         }
     }
 }
