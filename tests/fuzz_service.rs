@@ -260,14 +260,17 @@ fn scenarios_reach_every_directive_and_refusal() {
     for cause in causes {
         assert!(all.causes.contains(&(cause as i32)), "{cause:?}: {all:?}");
     }
+    use tonic::Code;
     for refusal in [
-        "EndCall InvalidArgument",
-        "EndCall FailedPrecondition",
-        "OnSpeechCreated ResourceExhausted",
-        "OnSessionClose InvalidArgument",
-        "GetTool InvalidArgument",
+        (Rpc::EndCall, Code::InvalidArgument),
+        (Rpc::EndCall, Code::FailedPrecondition),
+        (Rpc::OnSpeechCreated, Code::ResourceExhausted),
+        (Rpc::OnSessionClose, Code::InvalidArgument),
+        (Rpc::GetTool, Code::InvalidArgument),
+        (Rpc::GetSession, Code::NotFound),
     ] {
-        assert!(all.refused.contains_key(refusal), "{refusal}: {all:?}");
+        let key = (refusal.0, refusal.1 as i32);
+        assert!(all.refused.contains_key(&key), "{refusal:?}: {all:?}");
     }
     assert!(all.watched >= 5, "{all:?}");
 }

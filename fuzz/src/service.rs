@@ -88,6 +88,21 @@ pub enum Rpc {
     GetSession = 7,
 }
 
+impl Rpc {
+    pub fn name(self) -> &'static str {
+        match self {
+            Rpc::OpenSession => "OpenSession",
+            Rpc::EndCall => "EndCall",
+            Rpc::OnSpeechCreated => "OnSpeechCreated",
+            Rpc::OnSpeechDone => "OnSpeechDone",
+            Rpc::OnSessionClose => "OnSessionClose",
+            Rpc::WatchSession => "WatchSession",
+            Rpc::GetTool => "GetTool",
+            Rpc::GetSession => "GetSession",
+        }
+    }
+}
+
 const ADVANCE: u8 = 8;
 const KINDS: u8 = 9;
 
@@ -156,7 +171,8 @@ pub fn encode(steps: &[Step]) -> Vec<u8> {
 pub struct Summary {
     pub steps: usize,
     pub ok: usize,
-    pub refused: BTreeMap<String, usize>,
+    /// Refusals by RPC and `tonic::Code` (no strings: libFuzzer would chase their compares).
+    pub refused: BTreeMap<(Rpc, i32), usize>,
     pub undecodable: usize,
     /// `pb::SessionState` values seen in reports.
     pub states: BTreeSet<i32>,
@@ -368,7 +384,7 @@ impl Harness {
                     Code::FailedPrecondition,
                     Code::ResourceExhausted,
                 ];
-                self.event("OpenSession", &id, before, ok, &codes).await;
+                self.event(Rpc::OpenSession, &id, before, ok, &codes).await;
                 id
             }
             Rpc::EndCall => {
@@ -387,7 +403,7 @@ impl Harness {
                     Code::FailedPrecondition,
                     Code::ResourceExhausted,
                 ];
-                self.event("EndCall", &id, before, ok, &codes).await;
+                self.event(Rpc::EndCall, &id, before, ok, &codes).await;
                 id
             }
             Rpc::OnSpeechCreated => {
@@ -397,7 +413,7 @@ impl Harness {
                 let id = req.session_id.clone();
                 let before = self.report(&id).await;
                 let result = self.api.on_speech_created(Request::new(req)).await;
-                self.event_response("OnSpeechCreated", &id, before, result)
+                self.event_response(Rpc::OnSpeechCreated, &id, before, result)
                     .await;
                 id
             }
@@ -408,7 +424,7 @@ impl Harness {
                 let id = req.session_id.clone();
                 let before = self.report(&id).await;
                 let result = self.api.on_speech_done(Request::new(req)).await;
-                self.event_response("OnSpeechDone", &id, before, result)
+                self.event_response(Rpc::OnSpeechDone, &id, before, result)
                     .await;
                 id
             }
@@ -421,7 +437,7 @@ impl Harness {
                 let id = req.session_id.clone();
                 let before = self.report(&id).await;
                 let result = self.api.on_session_close(Request::new(req)).await;
-                self.event_response("OnSessionClose", &id, before, result)
+                self.event_response(Rpc::OnSessionClose, &id, before, result)
                     .await;
                 id
             }
@@ -449,8 +465,8 @@ impl Harness {
                     }
                     Err(status) => {
                         let codes = [Code::InvalidArgument, Code::ResourceExhausted];
-                        self.refused("WatchSession", &status, &codes);
-                        self.unchanged("WatchSession", &id, before).await;
+                        self.refused(Rpc::WatchSession, &status, &codes);
+                        self.unchanged(Rpc::WatchSession, &id, before).await;
                     }
                 }
                 id
@@ -464,7 +480,7 @@ impl Harness {
                         assert_eq!(tool.name, tool::NAME);
                         assert!(tool.description.starts_with(tool::DESCRIPTION));
                     }
-                    Err(status) => self.refused("GetTool", &status, &[Code::InvalidArgument]),
+                    Err(status) => self.refused(Rpc::GetTool, &status, &[Code::InvalidArgument]),
                 }
                 return Some(None);
             }
@@ -472,8 +488,17 @@ impl Harness {
                 let mut req = pb::GetSessionRequest::decode(message).ok()?;
                 session(&mut req.session_id);
                 let id = req.session_id.clone();
-                // Every call goes through `report`, which checks what it gets.
-                let _ = self.report(&id).await;
+                match self.api.get_session(Request::new(req)).await {
+                    Ok(report) => {
+                        self.summary.ok += 1;
+                        check_report(&id, &report.into_inner());
+                    }
+                    Err(status) => {
+                        let codes = [Code::InvalidArgument, Code::NotFound];
+                        self.refused(Rpc::GetSession, &status, &codes);
+                    }
+                }
+                // The step's check of the session compares this with what was known.
                 id
             }
         };
@@ -482,7 +507,7 @@ impl Harness {
 
     async fn event_response(
         &mut self,
-        method: &str,
+        rpc: Rpc,
         id: &str,
         before: Option<pb::SessionReport>,
         result: Result<tonic::Response<pb::EventResponse>, Status>,
@@ -492,13 +517,13 @@ impl Harness {
             (r.state, r.directives, None)
         });
         let codes = [Code::InvalidArgument, Code::ResourceExhausted];
-        self.event(method, id, before, ok, &codes).await;
+        self.event(rpc, id, before, ok, &codes).await;
     }
 
     /// Checks an event RPC's answer against the session's report right after it.
     async fn event(
         &mut self,
-        method: &str,
+        rpc: Rpc,
         id: &str,
         before: Option<pb::SessionReport>,
         result: Result<(i32, Vec<pb::Directive>, Option<pb::ResolvedOptions>), Status>,
@@ -507,11 +532,12 @@ impl Harness {
         let (state, directives, options) = match result {
             Ok(ok) => ok,
             Err(status) => {
-                self.refused(method, &status, codes);
-                self.unchanged(method, id, before).await;
+                self.refused(rpc, &status, codes);
+                self.unchanged(rpc, id, before).await;
                 return;
             }
         };
+        let method = rpc.name();
         self.summary.ok += 1;
         let report = self
             .report(id)
@@ -549,17 +575,18 @@ impl Harness {
     }
 
     /// A refused request is a proper status that names its field; counted for the summary.
-    fn refused(&mut self, method: &str, status: &Status, codes: &[Code]) {
-        check_status(method, status, codes);
+    fn refused(&mut self, rpc: Rpc, status: &Status, codes: &[Code]) {
+        check_status(rpc.name(), status, codes);
         *self
             .summary
             .refused
-            .entry(format!("{method} {:?}", status.code()))
+            .entry((rpc, status.code() as i32))
             .or_default() += 1;
     }
 
     /// A refused request changed nothing: the session's report is what it was.
-    async fn unchanged(&mut self, method: &str, id: &str, before: Option<pb::SessionReport>) {
+    async fn unchanged(&mut self, rpc: Rpc, id: &str, before: Option<pb::SessionReport>) {
+        let method = rpc.name();
         let after = self.report(id).await;
         assert!(
             before == after,
