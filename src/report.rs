@@ -14,7 +14,7 @@ use crate::{
     machine::{EventRecord, Session, TimelineItem},
 };
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
     pub session_id: SessionId,
     pub state: State,

@@ -1,7 +1,9 @@
 //! Assembles the gRPC server (our service, health, reflection, limits), serves one listener
 //! until shutdown is asked for, then drains within a bound.
 
-use std::{future::Future, io, os::unix::fs::PermissionsExt as _, path::PathBuf, pin::Pin};
+use std::{
+    future::Future, io, os::unix::fs::PermissionsExt as _, path::PathBuf, pin::Pin, sync::Arc,
+};
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -164,7 +166,7 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let api = EndCallServiceServer::new(EndCallApi::new(
-        registry,
+        Arc::clone(&registry),
         config.wind_up_instructions.clone(),
         draining.clone(),
     ))
@@ -243,6 +245,10 @@ pub async fn serve(
     }
     if journal_failed.is_some_and(|failed| failed.is_cancelled()) {
         return Err(ServeError::JournalFailed);
+    }
+    // Timer ticks are not waited for as they happen: put the last ones on disk before exiting.
+    if let Some(synced) = registry.sync_journal() {
+        let _ = synced.await;
     }
     info!("stopped");
     Ok(())

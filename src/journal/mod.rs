@@ -165,6 +165,18 @@ impl Journal {
         ack_rx
     }
 
+    /// Completes once everything appended so far is on disk (records without an ack, such as
+    /// timer ticks, included): for a clean stop.
+    pub fn sync(&self) -> Durable {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.appends.send(writer::Append {
+            bytes: Vec::new(),
+            publish: None,
+            ack: Some(tx),
+        });
+        rx
+    }
+
     /// Cancelled when a write or fsync failed: nothing more can be made durable, so the
     /// server must stop (and be restarted, which replays what is on disk).
     pub fn failed(&self) -> &CancellationToken {
