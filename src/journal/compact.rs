@@ -10,6 +10,7 @@ use std::{
     collections::HashSet,
     fs::{self, File},
     io::{self, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::mpsc,
 };
@@ -94,7 +95,11 @@ pub(super) fn compact(dir: &Path, up_to: u64) -> io::Result<()> {
         }
     }
     let tmp = dir.join(format!("{last:020}{TMP_SUFFIX}"));
-    let mut file = File::create(&tmp)?;
+    let mut file = File::options()
+        .mode(0o600)
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
     file.write_all(&out)?;
     file.sync_all()?;
     drop(file);

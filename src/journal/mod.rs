@@ -21,6 +21,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fs::{self, File},
     io,
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     sync::{mpsc, Arc},
 };
@@ -92,7 +93,12 @@ impl Opened {
             dir: dir.clone(),
             source,
         };
-        fs::create_dir_all(&dir).map_err(io_error)?;
+        // Owner only: records hold session ids and the workers' close error texts.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_error)?;
         let lock = File::options()
             .create(true)
             .truncate(false)

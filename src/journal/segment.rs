@@ -8,6 +8,7 @@
 use std::{
     fs::{self, File},
     io::{self, Read as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -133,6 +134,7 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 pub fn create(dir: &Path, id: u64) -> io::Result<File> {
     use std::io::Write as _;
     let mut file = File::options()
+        .mode(0o600)
         .create_new(true)
         .append(true)
         .open(path(dir, id))?;
