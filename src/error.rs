@@ -15,6 +15,8 @@ pub enum ApiError {
     FailedPrecondition { field: &'static str, reason: String },
     #[error("{0}")]
     ResourceExhausted(String),
+    #[error("too many open WatchSession streams (limit {limit}, --max-watchers)")]
+    TooManyWatchers { limit: usize },
 }
 
 impl ApiError {
@@ -32,6 +34,7 @@ impl ApiError {
             ApiError::NotFound { .. } => "not_found",
             ApiError::FailedPrecondition { .. } => "precondition",
             ApiError::ResourceExhausted(_) => "session_limit",
+            ApiError::TooManyWatchers { .. } => "watcher_limit",
         }
     }
 
@@ -40,7 +43,9 @@ impl ApiError {
             ApiError::InvalidArgument { .. } => Code::InvalidArgument,
             ApiError::NotFound { .. } => Code::NotFound,
             ApiError::FailedPrecondition { .. } => Code::FailedPrecondition,
-            ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ApiError::ResourceExhausted(_) | ApiError::TooManyWatchers { .. } => {
+                Code::ResourceExhausted
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod convert;
 pub mod domain;
 pub mod error;
+pub mod limits;
 pub mod machine;
 pub mod probe;
 pub mod proto;
