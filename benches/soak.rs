@@ -16,9 +16,11 @@
 //! - every session reached its expected outcome (directives, causes, sequence numbers, the stream's
 //!   end), and no RPC failed;
 //! - thousands of watchers were open at once;
-//! - memory is flat after warm-up: the load is split in thirds; the largest RSS of the last
-//!   third is at most `--rss-growth` (1.10) times the RSS at the end of the first, and the
-//!   least-squares line through the last two thirds rises by at most 5 % of that RSS;
+//! - memory is flat after warm-up: the load is split in thirds, the first being warm-up; the
+//!   median RSS of the last third is at most `--rss-growth` (1.10) times the median RSS of the
+//!   first third's second half, and over the last two thirds RSS rises, at its Theil–Sen slope
+//!   (robust to a transient spike, not to a steady leak), by at most `--rss-trend` (10 %) of
+//!   that RSS;
 //! - after the load stops, open watchers and live sessions return to 0 and live tasks to the
 //!   baseline taken before the load (with the same connections open), within 15 s.
 
@@ -61,9 +63,17 @@ struct Args {
     /// How often RSS and the metrics are sampled.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     sample_every: Duration,
-    /// Largest RSS of the last third over the RSS at the end of the first third.
+    /// Median RSS of the last third over that of the first third's second half, at most.
     #[arg(long, default_value_t = 1.10)]
     rss_growth: f64,
+    /// RSS rise over the last two thirds (at the Theil–Sen slope), at most, as a fraction of
+    /// the warm-up RSS.
+    #[arg(long, default_value_t = 0.10)]
+    rss_trend: f64,
+    /// Also write every sample to this CSV file (t_s, rss_bytes, alive_tasks, watchers,
+    /// live_sessions, sessions_completed).
+    #[arg(long)]
+    csv: Option<PathBuf>,
     /// The server binary (default: $ENDCALL_SIDECAR_BIN, else the one cargo built).
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -86,6 +96,8 @@ impl Args {
 
 /// Longest wait for a directive or a stream's end; only reached when something is wrong.
 const PATIENCE: Duration = Duration::from_secs(15);
+/// The reply timeout of sessions whose reply does come.
+const REPLY_COMES_WITHIN: Duration = Duration::from_secs(60);
 /// How long after the load the server has to return to its baseline.
 const SETTLE: Duration = Duration::from_secs(15);
 /// Live tasks allowed over the baseline after the load: the metrics scrape's own connection
@@ -129,6 +141,10 @@ struct Tally {
 }
 
 impl Tally {
+    fn completed(&self) -> u64 {
+        self.ok.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
     fn record(&self, scenario: Scenario, result: Result<(), String>) {
         let i = scenario as usize;
         match result {
@@ -223,7 +239,10 @@ async fn session(api: &mut Api, args: &Args, id: &str, scenario: Scenario) -> Re
         scenario,
         Scenario::ReplyTimeout | Scenario::ReplyPlayed | Scenario::Reconnect
     );
-    let request = if realtime {
+    let request = if scenario == Scenario::ReplyPlayed {
+        // Its reply comes: a timeout far enough that a loaded machine cannot make it race.
+        realtime_end_call(id, "bye", REPLY_COMES_WITHIN)
+    } else if realtime {
         realtime_end_call(id, "bye", args.reply_timeout)
     } else {
         end_call(id, "bye")
@@ -312,6 +331,8 @@ struct Sample {
     alive_tasks: f64,
     watchers: f64,
     live_sessions: f64,
+    /// Sessions the agents had completed by then.
+    sessions: u64,
 }
 
 /// One scrape of the server's Prometheus endpoint (plain HTTP/1.1, no client library).
@@ -348,28 +369,35 @@ async fn sample(server: &Server, metrics: &str, started: Instant) -> Result<Samp
         alive_tasks: metric(&text, "endcall_runtime_alive_tasks", None),
         watchers: metric(&text, "endcall_watchers", None),
         live_sessions: metric(&text, "endcall_sessions", Some("state=\"closed\"")),
+        sessions: 0,
     })
 }
 
-/// The least-squares slope of RSS over time, in bytes per second.
+/// The Theil–Sen slope of RSS over time (the median of the slopes between every two samples),
+/// in bytes per second: a leak's steady rise shows, one transient spike does not.
 fn slope(samples: &[Sample]) -> f64 {
-    let n = samples.len() as f64;
-    if n < 2.0 {
+    let mut slopes = Vec::new();
+    for (i, a) in samples.iter().enumerate() {
+        for b in &samples[i + 1..] {
+            let dt = b.at.as_secs_f64() - a.at.as_secs_f64();
+            if dt > 0.0 {
+                slopes.push((b.rss as f64 - a.rss as f64) / dt);
+            }
+        }
+    }
+    median(&mut slopes)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
         return 0.0;
     }
-    let mx = samples.iter().map(|s| s.at.as_secs_f64()).sum::<f64>() / n;
-    let my = samples.iter().map(|s| s.rss as f64).sum::<f64>() / n;
-    let (mut sxy, mut sxx) = (0.0, 0.0);
-    for s in samples {
-        let dx = s.at.as_secs_f64() - mx;
-        sxy += dx * (s.rss as f64 - my);
-        sxx += dx * dx;
-    }
-    if sxx == 0.0 {
-        0.0
-    } else {
-        sxy / sxx
-    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn median_rss(samples: &[Sample]) -> f64 {
+    median(&mut samples.iter().map(|s| s.rss as f64).collect::<Vec<_>>())
 }
 
 fn mib(bytes: f64) -> String {
@@ -472,7 +500,10 @@ async fn soak(args: Args) -> bool {
     while Instant::now() < deadline {
         tokio::time::sleep(args.sample_every).await;
         match sample(&server, &metrics, load_started).await {
-            Ok(s) => load.push(s),
+            Ok(s) => load.push(Sample {
+                sessions: tally.completed(),
+                ..s
+            }),
             Err(_) => scrape_errors += 1,
         }
     }
@@ -497,6 +528,24 @@ async fn soak(args: Args) -> bool {
         }
     };
     let last = after.last().copied().unwrap_or_default();
+    if let Some(path) = &args.csv {
+        let mut csv =
+            String::from("t_s,rss_bytes,alive_tasks,watchers,live_sessions,sessions_completed\n");
+        for s in load.iter().chain(&after) {
+            csv += &format!(
+                "{:.1},{},{},{},{},{}\n",
+                s.at.as_secs_f64(),
+                s.rss,
+                s.alive_tasks,
+                s.watchers,
+                s.live_sessions,
+                s.sessions
+            );
+        }
+        if let Err(err) = std::fs::write(path, csv) {
+            eprintln!("--csv {}: {err}", path.display());
+        }
+    }
 
     // The table.
     println!();
@@ -577,33 +626,36 @@ async fn soak(args: Args) -> bool {
     );
     let third = load.len() / 3;
     if third >= 2 {
-        let reference = load[third - 1].rss as f64;
-        let peak_last = load[load.len() - third..]
-            .iter()
-            .map(|s| s.rss)
-            .max()
-            .unwrap_or(0) as f64;
+        // Warm-up is the first third; its second half is the reference.
+        let reference = median_rss(&load[third / 2..third]);
+        let late = median_rss(&load[load.len() - third..]);
+        let peak = load.iter().map(|s| s.rss).max().unwrap_or(0) as f64;
         checks.check(
-            "memory flat after warm-up: peak RSS of the last third within bound",
-            peak_last <= args.rss_growth * reference,
+            "memory flat after warm-up: median RSS of the last third within bound",
+            late <= args.rss_growth * reference,
             format!(
-                "{} ≤ {:.2} × {} (end of the first third)",
-                mib(peak_last),
+                "{} ≤ {:.2} × {} (median of the first third's second half); peak {}",
+                mib(late),
                 args.rss_growth,
-                mib(reference)
+                mib(reference),
+                mib(peak)
             ),
         );
         let tail = &load[third..];
         let span = tail[tail.len() - 1].at.as_secs_f64() - tail[0].at.as_secs_f64();
         let rise = slope(tail) * span;
+        let sessions = tail[tail.len() - 1].sessions - tail[0].sessions;
         checks.check(
             "memory flat after warm-up: RSS trend over the last two thirds",
-            rise <= 0.05 * reference,
+            rise <= args.rss_trend * reference,
             format!(
-                "fitted rise {} over {span:.0} s (≤ 5 % of {}; {:.1} KiB/s)",
+                "rise {} over {span:.0} s at the Theil–Sen slope {:.1} KiB/s (≤ {:.0} % of {}), \
+                 {:.1} bytes per session over {sessions} sessions",
                 mib(rise),
+                slope(tail) / 1024.0,
+                args.rss_trend * 100.0,
                 mib(reference),
-                slope(tail) / 1024.0
+                rise / sessions.max(1) as f64
             ),
         );
     } else {
