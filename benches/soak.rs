@@ -45,8 +45,9 @@ use tonic::Streaming;
 #[derive(Parser, Debug, Clone)]
 #[command(about = "endcall-sidecar soak test")]
 struct Args {
-    /// How long the load runs (then the agents finish their current session).
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    /// How long the load runs (then the agents finish their current session). The default
+    /// keeps the test command's run under 2 minutes with the build.
+    #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
     duration: Duration,
     /// Concurrent simulated agents, each with one session (and its watch stream) at a time.
     #[arg(long, default_value_t = 2000)]
