@@ -450,6 +450,7 @@ async fn soak(args: Args) -> bool {
             "warn",
         ],
     );
+    println!("server binary: {}", args.server_bin().display());
     println!(
         "soak: {} agents over {} connections, {} between a session's events, reply timeout {}, for {}; server pid {}",
         args.agents,
