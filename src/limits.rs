@@ -22,10 +22,7 @@ use futures_util::future::{self, Either, Ready};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{body::Body, codegen::http, server::NamedService, Status};
-use tower::{
-    load_shed::error::Overloaded, util::BoxCloneSyncService, BoxError, Layer, Service,
-    ServiceBuilder,
-};
+use tower::{load_shed::error::Overloaded, BoxError, Layer, Service, ServiceBuilder};
 use tracing::debug;
 
 use crate::{error::ApiError, telemetry::metrics};
@@ -38,7 +35,9 @@ pub struct RequestLimits {
     pub per_second: Option<NonZeroU32>,
 }
 
-type Stack = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
+/// The layers, outermost first (see `limit`); named so that no call pays for boxing them.
+type Stack<S> = tower::util::Either<PerSecond<Shed<S>>, Shed<S>>;
+type Shed<S> = tower::load_shed::LoadShed<tower::limit::ConcurrencyLimit<S>>;
 type Refusing = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
 
 /// One gRPC service behind the request limits, still carrying its name so the router can mount
@@ -46,14 +45,14 @@ type Refusing = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infalli
 /// shed probe would restart a sidecar that is merely busy), and reflection is a developer's
 /// tool.
 pub struct Limited<S> {
-    inner: Stack,
+    inner: Stack<S>,
     max_concurrent: usize,
     /// A readiness error of the stack, answered by the next call.
     broken: Option<String>,
     named: PhantomData<fn() -> S>,
 }
 
-impl<S> Clone for Limited<S> {
+impl<S: Clone> Clone for Limited<S> {
     fn clone(&self) -> Self {
         Limited {
             inner: self.inner.clone(),
@@ -68,7 +67,11 @@ impl<S: NamedService> NamedService for Limited<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> Service<http::Request<Body>> for Limited<S> {
+impl<S> Service<http::Request<Body>> for Limited<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
     type Response = http::Response<Body>;
     type Error = Infallible;
     type Future = Refusing;
@@ -119,7 +122,7 @@ where
         .service(service);
     // tonic's router takes infallible services: `Limited` turns a refusal into a gRPC status.
     Limited {
-        inner: BoxCloneSyncService::new(stack),
+        inner: stack,
         max_concurrent,
         broken: None,
         named: PhantomData,
