@@ -11,7 +11,6 @@
 use std::{
     convert::Infallible,
     future::Future,
-    marker::PhantomData,
     num::NonZeroU32,
     pin::Pin,
     sync::Arc,
@@ -38,7 +37,8 @@ pub struct RequestLimits {
 /// The layers, outermost first (see `limit`); named so that no call pays for boxing them.
 type Stack<S> = tower::util::Either<PerSecond<Shed<S>>, Shed<S>>;
 type Shed<S> = tower::load_shed::LoadShed<tower::limit::ConcurrencyLimit<S>>;
-type Refusing = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
 
 /// One gRPC service behind the request limits, still carrying its name so the router can mount
 /// it. Only `EndCallService` is wrapped: health must answer a kubelet even under overload (a
@@ -49,7 +49,6 @@ pub struct Limited<S> {
     max_concurrent: usize,
     /// A readiness error of the stack, answered by the next call.
     broken: Option<String>,
-    named: PhantomData<fn() -> S>,
 }
 
 impl<S: Clone> Clone for Limited<S> {
@@ -58,7 +57,6 @@ impl<S: Clone> Clone for Limited<S> {
             inner: self.inner.clone(),
             max_concurrent: self.max_concurrent,
             broken: None,
-            named: PhantomData,
         }
     }
 }
@@ -74,7 +72,7 @@ where
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = Refusing;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // The stack's readiness cannot fail today (the semaphore is never closed, the service
@@ -125,7 +123,6 @@ where
         inner: stack,
         max_concurrent,
         broken: None,
-        named: PhantomData,
     }
 }
 
