@@ -23,10 +23,8 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead as _, BufReader},
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    str::FromStr as _,
+    process::{Command, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -35,19 +33,14 @@ use std::{
 };
 
 use clap::Parser;
-use endcall_sidecar::{
-    config::ListenAddr,
-    probe,
-    proto::v1::{
-        self as pb, end_call_service_client::EndCallServiceClient, DirectiveKind, SessionState,
-        ShutdownCause,
-    },
-};
+use endcall_sidecar::proto::v1::{self as pb, DirectiveKind, SessionState, ShutdownCause};
 use prost::Message as _;
 use tonic::transport::Channel;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
-type Api = EndCallServiceClient<Channel>;
+mod support;
+
+use support::{close, end_call, proc_status_kb, realtime_end_call, speech_done, Api, Server};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "endcall-sidecar performance benchmark")]
@@ -197,136 +190,8 @@ impl Report {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// The server under test.
-
-struct Server {
-    child: Child,
-    addr: ListenAddr,
-}
-
-impl Server {
-    fn start(args: &Args, listen: &str, flags: &[&str]) -> Server {
-        let bin = args.server_bin();
-        let mut command = Command::new(&bin);
-        command.arg("--listen").arg(listen).args(flags);
-        command.args(args.server_flags.split_whitespace());
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        let addr = ListenAddr::from_str(addr).expect("listening address");
-        Server { child, addr }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Resident set size in bytes (VmRSS).
-    fn rss(&self) -> u64 {
-        proc_status_kb(self.pid(), "VmRSS:") * 1024
-    }
-
-    fn url(&self) -> Option<String> {
-        match &self.addr {
-            ListenAddr::Tcp(a) => Some(format!("http://{a}")),
-            ListenAddr::Unix(_) => None,
-        }
-    }
-
-    async fn channels(&self, n: usize) -> Vec<Channel> {
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n.max(1) {
-            out.push(
-                probe::connect(&self.addr, Duration::from_secs(10))
-                    .await
-                    .expect("connect"),
-            );
-        }
-        out
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let ListenAddr::Unix(path) = &self.addr {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-fn proc_status_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 fn connections_for(agents: usize, per_connection: usize) -> usize {
     agents.div_ceil(per_connection.max(1)).max(1)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Requests.
-
-fn end_call(session: &str, speech: &str) -> pb::EndCallRequest {
-    pb::EndCallRequest {
-        session_id: session.to_owned(),
-        speech_id: speech.to_owned(),
-        options: None,
-        capabilities: None,
-    }
-}
-
-fn realtime_end_call(session: &str, speech: &str, reply_timeout: Duration) -> pb::EndCallRequest {
-    pb::EndCallRequest {
-        session_id: session.to_owned(),
-        speech_id: speech.to_owned(),
-        options: Some(pb::SessionOptions {
-            reply_timeout: Some(prost_types::Duration {
-                seconds: reply_timeout.as_secs() as i64,
-                nanos: reply_timeout.subsec_micros() as i32 * 1000,
-            }),
-            ..Default::default()
-        }),
-        capabilities: Some(pb::ModelCapabilities {
-            realtime: Some(true),
-            auto_tool_reply: Some(true),
-        }),
-    }
-}
-
-fn speech_done(session: &str, speech: &str) -> pb::OnSpeechDoneRequest {
-    pb::OnSpeechDoneRequest {
-        session_id: session.to_owned(),
-        speech_id: speech.to_owned(),
-        ..Default::default()
-    }
-}
-
-fn close(session: &str) -> pb::OnSessionCloseRequest {
-    pb::OnSessionCloseRequest {
-        session_id: session.to_owned(),
-        reason: pb::CloseReason::UserInitiated.into(),
-        error_message: None,
-    }
 }
 
 /// One whole pipeline session; returns the latency of each RPC, or what went wrong.
@@ -714,7 +579,12 @@ async fn open_loop(channels: &[Channel], rate: f64, duration: Duration, work: Wo
 
 async fn latency(args: &Args, ceiling: f64, report: &mut Report) {
     // A fresh server: no earlier run's sessions, and no earlier run's timers coming due.
-    let server = &Server::start(args, "127.0.0.1:0", &["--max-sessions", "10000000"]);
+    let server = &Server::start(
+        &args.server_bin(),
+        &args.server_flags,
+        "127.0.0.1:0",
+        &["--max-sessions", "10000000"],
+    );
     let channels = server
         .channels(connections_for(
             args.concurrency,
@@ -896,7 +766,12 @@ async fn h2load(args: &Args, tonic_health_rps: Option<f64>, report: &mut Report)
         return;
     }
     // A fresh server, as for the latency runs.
-    let server = &Server::start(args, "127.0.0.1:0", &["--max-sessions", "10000000"]);
+    let server = &Server::start(
+        &args.server_bin(),
+        &args.server_flags,
+        "127.0.0.1:0",
+        &["--max-sessions", "10000000"],
+    );
     let Some(url) = server.url() else { return };
     let dir = std::env::temp_dir().join(format!("endcall-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -1034,7 +909,8 @@ async fn memory(args: &Args, report: &mut Report) {
     let retention = Duration::from_secs(2);
     let max = (n + 10_000).to_string();
     let server = Server::start(
-        args,
+        &args.server_bin(),
+        &args.server_flags,
         "127.0.0.1:0",
         &[
             "--max-sessions",
@@ -1213,7 +1089,8 @@ async fn timers(args: &Args, rate_estimate: Option<f64>, report: &mut Report) {
     let watchers = args.timer_watchers.unwrap_or(n).min(n);
     let max = (n + 10_000).to_string();
     let server = Server::start(
-        args,
+        &args.server_bin(),
+        &args.server_flags,
         "127.0.0.1:0",
         &["--max-sessions", &max, "--idle-expiry", "2h"],
     );
@@ -1516,7 +1393,12 @@ fn main() {
         let mut lifecycle_rate = None;
         let mut health_rate = None;
         if args.runs("throughput") {
-            let server = Server::start(&args, "127.0.0.1:0", &["--max-sessions", "10000000"]);
+            let server = Server::start(
+                &args.server_bin(),
+                &args.server_flags,
+                "127.0.0.1:0",
+                &["--max-sessions", "10000000"],
+            );
             println!("TCP server pid {} at {:?}", server.pid(), server.addr);
             let t = throughput(&args, &server, "tcp", &mut report).await;
             lifecycle_rate = Some(t.lifecycle.rpc_rate());
@@ -1535,7 +1417,8 @@ fn main() {
             let path =
                 std::env::temp_dir().join(format!("endcall-bench-{}.sock", std::process::id()));
             let server = Server::start(
-                &args,
+                &args.server_bin(),
+                &args.server_flags,
                 &format!("unix:{}", path.display()),
                 &["--max-sessions", "10000000"],
             );
@@ -1565,7 +1448,8 @@ async fn durable(args: &Args, in_memory: Option<f64>, report: &mut Report) {
     let _ = std::fs::remove_dir_all(&dir);
     let state_dir = dir.display().to_string();
     let server = Server::start(
-        args,
+        &args.server_bin(),
+        &args.server_flags,
         "127.0.0.1:0",
         &["--max-sessions", "10000000", "--state-dir", &state_dir],
     );

@@ -1,7 +1,9 @@
 //! Command line and environment: every flag has an `ENDCALL_*` variable, and every default is
 //! embedded, so the binary runs with no configuration at all.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, str::FromStr, sync::Arc, time::Duration,
+};
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
@@ -9,6 +11,7 @@ use crate::{
     auth::{AuthArgs, TokenArgs},
     domain::Options,
     journal::JournalSettings,
+    limits::RequestLimits,
     machine::Timing,
     registry::Settings,
     tls::{ClientTlsArgs, TlsArgs},
@@ -126,6 +129,21 @@ pub struct ServeArgs {
     #[arg(long, env = "ENDCALL_MAX_REQUEST_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
     pub max_request_bytes: u64,
 
+    /// EndCallService requests being handled at once, at most; more are refused at once with
+    /// RESOURCE_EXHAUSTED (never queued). Health checks and open watch streams do not count.
+    #[arg(long, env = "ENDCALL_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_concurrent_requests: u64,
+
+    /// EndCallService requests per second, at most (a burst of one second's worth is allowed);
+    /// more are refused at once with RESOURCE_EXHAUSTED. Off unless set.
+    #[arg(long, env = "ENDCALL_MAX_REQUESTS_PER_SECOND")]
+    pub max_requests_per_second: Option<NonZeroU32>,
+
+    /// Open WatchSession streams at most; beyond it WatchSession is refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "ENDCALL_MAX_WATCHERS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub max_watchers: u64,
+
     /// Serve Prometheus metrics at http://ADDR/metrics. Off unless set (the container image
     /// sets 0.0.0.0:9464).
     #[arg(long, env = "ENDCALL_METRICS_LISTEN")]
@@ -227,6 +245,8 @@ pub struct Config {
     pub registry: Settings,
     pub wind_up_instructions: Arc<str>,
     pub max_request_bytes: usize,
+    pub request_limits: RequestLimits,
+    pub max_watchers: usize,
     pub metrics_listen: Option<SocketAddr>,
     pub shutdown_delay: Duration,
     pub drain_timeout: Duration,
@@ -262,6 +282,11 @@ impl From<&ServeArgs> for Config {
             },
             wind_up_instructions: Arc::from(args.wind_up_instructions.as_str()),
             max_request_bytes: usize::try_from(args.max_request_bytes).unwrap_or(usize::MAX),
+            request_limits: RequestLimits {
+                max_concurrent: usize::try_from(args.max_concurrent_requests).unwrap_or(usize::MAX),
+                per_second: args.max_requests_per_second,
+            },
+            max_watchers: usize::try_from(args.max_watchers).unwrap_or(usize::MAX),
             metrics_listen: args.metrics_listen,
             shutdown_delay: args.shutdown_delay,
             drain_timeout: args.drain_timeout,
@@ -356,6 +381,9 @@ mod tests {
             ["--reply-timeout", "0s"],
             ["--reply-timeout", "1h"],
             ["--max-sessions", "0"],
+            ["--max-concurrent-requests", "0"],
+            ["--max-requests-per-second", "0"],
+            ["--max-watchers", "0"],
         ] {
             let err = Cli::try_parse_from(["endcall-sidecar", args[0], args[1]]).unwrap_err();
             assert!(err.to_string().contains(args[0]), "{err}");

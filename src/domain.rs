@@ -236,6 +236,11 @@ pub enum Directive {
     WindUp,
 }
 
+/// The most directives one session can issue: each kind at most once (one SHUTDOWN_SESSION,
+/// one WIND_UP, and DELETE_ROOM and SHUTDOWN_JOB on the one close). A watch stream therefore
+/// never carries more, which is what lets its buffer be small and fixed.
+pub const MAX_DIRECTIVES_PER_SESSION: usize = 4;
+
 /// A directive as issued: numbered and timed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct IssuedDirective {

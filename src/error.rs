@@ -18,6 +18,8 @@ pub enum ApiError {
     /// The state journal cannot make the event durable; the server is stopping.
     #[error("state journal failed: the event was not made durable; retry once the sidecar has restarted")]
     Unavailable,
+    #[error("too many open WatchSession streams (limit {limit}, --max-watchers)")]
+    TooManyWatchers { limit: usize },
 }
 
 impl ApiError {
@@ -36,6 +38,7 @@ impl ApiError {
             ApiError::FailedPrecondition { .. } => "precondition",
             ApiError::ResourceExhausted(_) => "session_limit",
             ApiError::Unavailable => "journal",
+            ApiError::TooManyWatchers { .. } => "watcher_limit",
         }
     }
 
@@ -44,7 +47,9 @@ impl ApiError {
             ApiError::InvalidArgument { .. } => Code::InvalidArgument,
             ApiError::NotFound { .. } => Code::NotFound,
             ApiError::FailedPrecondition { .. } => Code::FailedPrecondition,
-            ApiError::ResourceExhausted(_) => Code::ResourceExhausted,
+            ApiError::ResourceExhausted(_) | ApiError::TooManyWatchers { .. } => {
+                Code::ResourceExhausted
+            }
             ApiError::Unavailable => Code::Unavailable,
         }
     }

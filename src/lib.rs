@@ -14,6 +14,7 @@ pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod journal;
+pub mod limits;
 pub mod machine;
 pub mod probe;
 pub mod proto;

@@ -23,6 +23,7 @@ use crate::{
     clock::Clock,
     config::{Config, ListenAddr},
     journal::{self, Opened},
+    limits::{self, WatchSlots},
     proto::{self, v1::end_call_service_server::EndCallServiceServer},
     registry::Registry,
     service::EndCallApi,
@@ -165,11 +166,14 @@ pub async fn serve(
     // grpcurl before 1.8.7 only speaks v1alpha.
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let api = EndCallServiceServer::new(EndCallApi::new(
-        Arc::clone(&registry),
-        config.wind_up_instructions.clone(),
-        draining.clone(),
-    ))
+    let api = EndCallServiceServer::new(
+        EndCallApi::new(
+            Arc::clone(&registry),
+            config.wind_up_instructions.clone(),
+            draining.clone(),
+        )
+        .with_watch_slots(WatchSlots::new(config.max_watchers)),
+    )
     .max_decoding_message_size(config.max_request_bytes);
 
     let router = server
@@ -182,7 +186,8 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(api);
+        // Only our service is limited: health must answer probes however busy the server is.
+        .add_service(limits::limit(api, config.request_limits));
 
     let stop_accepting = draining.clone().cancelled_owned();
     let (serving, socket_path): (ServeFuture, _) = match listener {

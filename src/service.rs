@@ -15,6 +15,7 @@ use crate::{
     domain::Event,
     error::ApiError,
     journal::Durable,
+    limits::WatchSlots,
     proto::v1::{self as pb, end_call_service_server::EndCallService},
     registry::{Registry, WatchPoll},
     telemetry::metrics,
@@ -28,12 +29,19 @@ const WATCH_BATCH: usize = 64;
 /// Directives buffered per watch stream before the sender waits for the client.
 const WATCH_BUFFER: usize = 16;
 
+// The buffer holds a whole stream (every directive a session can issue, and a closing status):
+// feeding a watcher never waits on its client, so a client that stops reading pins no task,
+// and the follow task still ends when the session closes.
+const _: () = assert!(WATCH_BUFFER > crate::domain::MAX_DIRECTIVES_PER_SESSION);
+
 #[derive(Clone)]
 pub struct EndCallApi {
     registry: Arc<Registry>,
     mapper: DirectiveMapper,
     /// Cancelled when the server starts draining: watch streams end so the drain can finish.
     draining: CancellationToken,
+    /// `--max-watchers`: one slot per open watch stream.
+    watch_slots: WatchSlots,
 }
 
 impl EndCallApi {
@@ -48,6 +56,15 @@ impl EndCallApi {
                 wind_up_instructions,
             },
             draining,
+            watch_slots: WatchSlots::new(usize::MAX),
+        }
+    }
+
+    /// Bounds the open watch streams (unbounded unless set).
+    pub fn with_watch_slots(self, watch_slots: WatchSlots) -> Self {
+        Self {
+            watch_slots,
+            ..self
         }
     }
 
@@ -145,7 +162,11 @@ impl EndCallApi {
         metrics::rpc(method, code, started.elapsed());
         span.in_scope(|| match &result {
             Ok(_) => debug!("ok"),
-            Err(err @ (ApiError::ResourceExhausted(_) | ApiError::Unavailable)) => {
+            Err(
+                err @ (ApiError::ResourceExhausted(_)
+                | ApiError::TooManyWatchers { .. }
+                | ApiError::Unavailable),
+            ) => {
                 metrics::rejected(err.reason());
                 warn!(method, session_id, %err, "refused");
             }
@@ -269,13 +290,22 @@ impl EndCallService for EndCallApi {
     ) -> Result<Response<Self::WatchSessionStream>, Status> {
         self.observe("WatchSession", request, |api, req| {
             let id = convert::id("session_id", &req.session_id)?.to_owned();
+            let slot = api.watch_slots.acquire()?;
             // The first poll runs here so that a refusal (e.g. the session limit) is the RPC's
             // status rather than an error in the middle of a stream.
             let first = api
                 .registry
                 .poll_watch(&id, req.after_seq, WATCH_BATCH, true)?;
             let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-            tokio::spawn(follow(api.clone(), id, req.after_seq, first, tx).in_current_span());
+            let following = follow(api.clone(), id, req.after_seq, first, tx);
+            // The slot is held until the feeding task ends, not until the client lets go.
+            tokio::spawn(
+                async move {
+                    following.await;
+                    drop(slot)
+                }
+                .in_current_span(),
+            );
             Ok(ReceiverStream::new(rx).into())
         })
         .await

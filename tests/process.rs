@@ -15,7 +15,7 @@ use common::{
 };
 use endcall_sidecar::{
     probe,
-    proto::v1::{end_call_service_client::EndCallServiceClient, CloseReason},
+    proto::v1::{self as pb, end_call_service_client::EndCallServiceClient, CloseReason},
 };
 use tonic::Code;
 
@@ -188,6 +188,15 @@ fn help_documents_every_flag_with_its_variable() {
         ("--idle-expiry", "ENDCALL_IDLE_EXPIRY"),
         ("--max-sessions", "ENDCALL_MAX_SESSIONS"),
         ("--max-request-bytes", "ENDCALL_MAX_REQUEST_BYTES"),
+        (
+            "--max-concurrent-requests",
+            "ENDCALL_MAX_CONCURRENT_REQUESTS",
+        ),
+        (
+            "--max-requests-per-second",
+            "ENDCALL_MAX_REQUESTS_PER_SECOND",
+        ),
+        ("--max-watchers", "ENDCALL_MAX_WATCHERS"),
         ("--metrics-listen", "ENDCALL_METRICS_LISTEN"),
         ("--shutdown-delay", "ENDCALL_SHUTDOWN_DELAY"),
         ("--drain-timeout", "ENDCALL_DRAIN_TIMEOUT"),
@@ -567,4 +576,71 @@ fn bad_security_settings_exit_2_naming_the_flag() {
         assert!(!stderr.contains("s3cret"), "{flags:?}: {stderr}");
         assert!(out.stdout.is_empty(), "nothing announced: {flags:?}");
     }
+}
+#[tokio::test]
+async fn metrics_count_shed_requests_and_refused_watchers_and_report_live_tasks() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let sidecar = Sidecar::start(&[
+        "--metrics-listen",
+        &listen,
+        "--max-concurrent-requests",
+        "1",
+        "--max-watchers",
+        "1",
+    ]);
+    let channel = probe::connect(&sidecar.addr, PATIENCE).await.unwrap();
+    let mut c = EndCallServiceClient::new(channel.clone());
+
+    let _open = c.watch_session(watch("w-1", 0)).await.unwrap().into_inner();
+    let refused = c.watch_session(watch("w-2", 0)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+
+    // A unary call whose message never comes holds the one request permit (see tests/limits.rs).
+    let held = tokio::spawn(async move {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let _ = grpc
+            .client_streaming::<_, pb::GetToolRequest, pb::ToolDefinition, _>(
+                tonic::Request::new(tokio_stream::pending()),
+                tonic::codegen::http::uri::PathAndQuery::from_static(
+                    "/endcall.v1.EndCallService/GetTool",
+                ),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await;
+    });
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match c.get_tool(pb::GetToolRequest::default()).await {
+            Err(status) if status.code() == Code::ResourceExhausted => break,
+            other => assert!(Instant::now() < deadline, "never shed: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    held.abort();
+
+    let body = scrape(port);
+    let value = |name: &str, labels: &[(&str, &str)]| sample(&body, name, labels);
+    assert_eq!(
+        value(
+            "endcall_requests_rejected_total",
+            &[("reason", "watcher_limit")]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(
+        value(
+            "endcall_requests_rejected_total",
+            &[("reason", "concurrency_limit")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
+    // Sampled from the first second on: the runtime always has tasks (at least this scrape's).
+    assert!(
+        value("endcall_runtime_alive_tasks", &[]).is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
 }

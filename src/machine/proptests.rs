@@ -168,6 +168,7 @@ proptest! {
 
         let shutdowns = r.issued.iter().filter(|d| matches!(d.directive, Directive::ShutdownSession { .. })).count();
         prop_assert!(shutdowns <= 1, "at most one SHUTDOWN_SESSION");
+        prop_assert!(r.issued.len() <= crate::domain::MAX_DIRECTIVES_PER_SESSION);
 
         let job = r.issued.iter().position(|d| matches!(d.directive, Directive::ShutdownJob { .. }));
         if let Some(job) = job {

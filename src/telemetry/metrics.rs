@@ -22,6 +22,10 @@ pub const END_CALL_TO_SHUTDOWN: &str = "endcall_end_call_to_shutdown_seconds";
 pub const DIRECTIVES: &str = "endcall_directives_total";
 pub const TIMERS_PENDING: &str = "endcall_timers_pending";
 pub const WATCHERS: &str = "endcall_watchers";
+pub const ALIVE_TASKS: &str = "endcall_runtime_alive_tasks";
+
+/// How often the runtime gauges are sampled: a scrape every 15 s or so sees fresh values.
+const RUNTIME_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// RPC latencies: tens of microseconds to a second.
 const RPC_BUCKETS: &[f64] = &[
@@ -42,7 +46,20 @@ pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
     tokio::spawn(exporter);
     describe();
     zero();
+    tokio::spawn(sample_runtime());
     Ok(())
+}
+
+/// Samples the runtime's live task count: a task leaked per session or stream shows as a
+/// gauge that climbs with load and never comes back (the soak test checks it does).
+async fn sample_runtime() {
+    let runtime = tokio::runtime::Handle::current();
+    let mut every = tokio::time::interval(RUNTIME_SAMPLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        gauge!(ALIVE_TASKS).set(runtime.metrics().num_alive_tasks() as f64);
+    }
 }
 
 /// Publishes every gauge and the outcome counters at 0, so a dashboard shows 0 rather than no
@@ -70,7 +87,7 @@ fn describe() {
     );
     describe_counter!(
         REQUESTS_REJECTED,
-        "Refused requests by reason: validation, precondition, not_found, session_limit, size_limit, journal, unauthenticated."
+        "Refused requests by reason: validation, precondition, not_found, session_limit, size_limit, concurrency_limit, rate_limit, watcher_limit, journal, unauthenticated."
     );
     describe_gauge!(
         SESSIONS,
@@ -103,6 +120,10 @@ fn describe() {
     describe_counter!(
         JOURNAL_RECORDS,
         "State journal (--state-dir): records made durable."
+    );
+    describe_gauge!(
+        ALIVE_TASKS,
+        "Tasks alive in the async runtime (connections, streams, timers), sampled every second."
     );
 }
 
