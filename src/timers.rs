@@ -20,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use tokio_stream::StreamExt as _;
 use tokio_util::time::{delay_queue::Key, DelayQueue};
@@ -37,6 +38,10 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Queued arms that wake the timer task even if none is due soon: bounds the queue's memory.
 const DRAIN_AT: usize = 1024;
+
+/// Expiries handled in one go before the queued arms are looked at again: a burst of due
+/// deadlines is worked off at the wheel's pace, not one per round of arm bookkeeping.
+const EXPIRY_BATCH: usize = 256;
 
 /// "Awake": the timer task is draining the queue, so no arm needs to wake it.
 const AWAKE: u64 = 0;
@@ -157,10 +162,22 @@ async fn run(registry: Weak<Registry>, clock: Clock, arms: Arc<Arms>) {
             // Expiries first: deadlines must not wait behind anything else.
             biased;
             Some(expired) = queue.next() => {
-                let id = expired.into_inner();
-                let Some((_, at)) = entries.remove(&id) else { continue };
                 let Some(registry) = registry.upgrade() else { break };
-                registry.on_timer(&id, at);
+                let mut due = expired;
+                for handled in 1.. {
+                    let id = due.into_inner();
+                    if let Some((_, at)) = entries.remove(&id) {
+                        registry.on_timer(&id, at);
+                    }
+                    if handled == EXPIRY_BATCH {
+                        break;
+                    }
+                    // Only what is already due: never waits.
+                    match queue.next().now_or_never() {
+                        Some(Some(next)) => due = next,
+                        _ => break,
+                    }
+                }
             }
             () = arms.wake.notified() => {}
             _ = housekeeping.tick() => {
