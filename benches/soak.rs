@@ -17,10 +17,13 @@
 //!   end), and no RPC failed;
 //! - thousands of watchers were open at once;
 //! - memory is flat after warm-up: the load is split in thirds, the first being warm-up; the
-//!   median RSS of the last third is at most `--rss-growth` (1.10) times the median RSS of the
+//!   median RSS of the last third is at most `--rss-growth` (1.20) times the median RSS of the
 //!   first third's second half, and over the last two thirds RSS rises, at its Theil–Sen slope
-//!   (robust to a transient spike, not to a steady leak), by at most `--rss-trend` (10 %) of
-//!   that RSS;
+//!   (robust to a transient spike, not to a steady leak), by at most `--rss-per-session` (384)
+//!   bytes per session served. A leaked session costs about 850 bytes (a session, its map slot
+//!   and its timer entry: the benchmark's memory section), so it shows; the allocator's own
+//!   warm-up, which commits memory in chunks of a few MiB during the first minute and then
+//!   levels off (a 20-minute run: 3 bytes per session overall), stays under both bounds;
 //! - after the load stops, open watchers and live sessions return to 0 and live tasks to the
 //!   baseline taken before the load (with the same connections open), within 15 s.
 
@@ -65,12 +68,12 @@ struct Args {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     sample_every: Duration,
     /// Median RSS of the last third over that of the first third's second half, at most.
-    #[arg(long, default_value_t = 1.10)]
+    #[arg(long, default_value_t = 1.20)]
     rss_growth: f64,
-    /// RSS rise over the last two thirds (at the Theil–Sen slope), at most, as a fraction of
-    /// the warm-up RSS.
-    #[arg(long, default_value_t = 0.10)]
-    rss_trend: f64,
+    /// RSS rise over the last two thirds (at the Theil–Sen slope), at most, in bytes per
+    /// session served in them.
+    #[arg(long, default_value_t = 384.0)]
+    rss_per_session: f64,
     /// Also write every sample to this CSV file (t_s, rss_bytes, alive_tasks, watchers,
     /// live_sessions, sessions_completed).
     #[arg(long)]
@@ -649,15 +652,14 @@ async fn soak(args: Args) -> bool {
         let sessions = tail[tail.len() - 1].sessions - tail[0].sessions;
         checks.check(
             "memory flat after warm-up: RSS trend over the last two thirds",
-            rise <= args.rss_trend * reference,
+            rise <= args.rss_per_session * sessions as f64,
             format!(
-                "rise {} over {span:.0} s at the Theil–Sen slope {:.1} KiB/s (≤ {:.0} % of {}), \
-                 {:.1} bytes per session over {sessions} sessions",
+                "rise {} over {span:.0} s at the Theil–Sen slope {:.1} KiB/s: {:.1} bytes per \
+                 session over {sessions} sessions (≤ {:.0})",
                 mib(rise),
                 slope(tail) / 1024.0,
-                args.rss_trend * 100.0,
-                mib(reference),
-                rise / sessions.max(1) as f64
+                rise / sessions.max(1) as f64,
+                args.rss_per_session
             ),
         );
     } else {
