@@ -834,6 +834,23 @@ mod proptests {
         })
     }
 
+    /// Short deadlines, and expiry and retention far beyond every run.
+    fn property_settings() -> Settings {
+        Settings {
+            defaults: Arc::new(Options {
+                reply_timeout: REPLY_TIMEOUT,
+                ..Options::default()
+            }),
+            timing: Timing {
+                playout_guard: GUARD,
+                wind_up_grace: Duration::from_secs(10),
+            },
+            closed_retention: Duration::from_secs(3600),
+            idle_expiry: Duration::from_secs(3600),
+            max_sessions: 10,
+        }
+    }
+
     /// A directory for journals under test: in memory where there is one (fsync is then free,
     /// and what is under test is the format and the replay, not the disk).
     fn journal_dir() -> tempfile::TempDir {
@@ -870,19 +887,7 @@ mod proptests {
                 .unwrap();
             let dir = journal_dir();
             runtime.block_on(async {
-                let settings = Settings {
-                    defaults: Arc::new(Options {
-                        reply_timeout: REPLY_TIMEOUT,
-                        ..Options::default()
-                    }),
-                    timing: Timing {
-                        playout_guard: GUARD,
-                        wind_up_grace: Duration::from_secs(10),
-                    },
-                    closed_retention: Duration::from_secs(3600),
-                    idle_expiry: Duration::from_secs(3600),
-                    max_sessions: 10,
-                };
+                let settings = property_settings();
                 let ids = ["a", "b", "c"];
                 let registry = Registry::start_durable(
                     settings.clone(),
@@ -935,19 +940,7 @@ mod proptests {
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                let settings = Settings {
-                    defaults: Arc::new(Options {
-                        reply_timeout: REPLY_TIMEOUT,
-                        ..Options::default()
-                    }),
-                    timing: Timing {
-                        playout_guard: GUARD,
-                        wind_up_grace: Duration::from_secs(10),
-                    },
-                    closed_retention: Duration::from_secs(3600),
-                    idle_expiry: Duration::from_secs(3600),
-                    max_sessions: 10,
-                };
+                let settings = property_settings();
                 let registry = Registry::start(settings, Clock::new(), TimerThread::Shared).unwrap();
                 let mut first_end_call = None;
                 let mut closed = false;
