@@ -871,6 +871,43 @@ mod proptests {
         .unwrap()
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failed_journal_write_events_are_refused_not_lost() {
+        let dir = journal_dir();
+        let opened = Opened::open(journal::JournalSettings {
+            dir: dir.path().to_owned(),
+            segment_bytes: 4096,
+        })
+        .unwrap();
+        let registry = Registry::start_durable(
+            property_settings(),
+            Clock::new(),
+            TimerThread::Shared,
+            opened,
+        )
+        .unwrap();
+        // The next segment's name is taken: sealing the first one fails, as a full disk would.
+        std::fs::create_dir(dir.path().join("00000000000000000002.journal")).unwrap();
+        let mut acknowledged = 0;
+        let refused = loop {
+            let event = Event::SpeechCreated {
+                speech: SpeechId::new(&format!("speech-{acknowledged}")),
+            };
+            match registry.apply("s", event) {
+                Ok(applied) => match applied.durable.unwrap().await {
+                    Ok(()) => acknowledged += 1,
+                    // In flight when the write failed: never acknowledged.
+                    Err(_) => continue,
+                },
+                Err(err) => break err,
+            }
+            assert!(acknowledged < 1000, "the segment never filled");
+        };
+        assert_eq!(refused, RegistryError::JournalFailed);
+        assert!(registry.journal_failed().unwrap().is_cancelled());
+        assert!(acknowledged > 10, "{acknowledged}");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 

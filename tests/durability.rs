@@ -359,8 +359,9 @@ async fn a_failed_journal_write_refuses_events_and_stops_the_sidecar() {
             "the journal never filled its segment"
         );
     };
+    // The journal's refusal, or, if the request raced the drain that the failure starts, the
+    // closed connection's: both UNAVAILABLE, which a client retries against the restart.
     assert_eq!(refusal.code(), Code::Unavailable, "{refusal:?}");
-    assert!(refusal.message().contains("state journal"), "{refusal:?}");
     let exit = sidecar.wait().await;
     assert_eq!(exit.code(), Some(1), "the sidecar stops with an error");
     let logs = sidecar.stderr();
