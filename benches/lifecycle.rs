@@ -40,7 +40,9 @@ use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 mod support;
 
-use support::{close, end_call, proc_status_kb, realtime_end_call, speech_done, Api, Server};
+use support::{
+    close, end_call, proc_status_kb, realtime_end_call, speech_done, Api, Server, ServerArgs,
+};
 
 #[derive(Parser, Debug, Clone)]
 #[command(about = "endcall-sidecar performance benchmark")]
@@ -82,12 +84,8 @@ struct Args {
     /// Watch streams per HTTP/2 connection in the timers section.
     #[arg(long, default_value_t = 1000)]
     watchers_per_connection: usize,
-    /// The server binary (default: $ENDCALL_SIDECAR_BIN, else the one cargo built).
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
-    /// Extra server flags, appended to every server the bench starts (e.g. "--log-level warn").
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
-    server_flags: String,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -99,13 +97,6 @@ impl Args {
             .split(',')
             .map(str::trim)
             .any(|s| s == "all" || s == section)
-    }
-
-    fn server_bin(&self) -> PathBuf {
-        self.server_bin
-            .clone()
-            .or_else(|| std::env::var_os("ENDCALL_SIDECAR_BIN").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_endcall-sidecar")))
     }
 }
 
@@ -579,12 +570,9 @@ async fn open_loop(channels: &[Channel], rate: f64, duration: Duration, work: Wo
 
 async fn latency(args: &Args, ceiling: f64, report: &mut Report) {
     // A fresh server: no earlier run's sessions, and no earlier run's timers coming due.
-    let server = &Server::start(
-        &args.server_bin(),
-        &args.server_flags,
-        "127.0.0.1:0",
-        &["--max-sessions", "10000000"],
-    );
+    let server = &args
+        .server
+        .start("127.0.0.1:0", &["--max-sessions", "10000000"]);
     let channels = server
         .channels(connections_for(
             args.concurrency,
@@ -766,12 +754,9 @@ async fn h2load(args: &Args, tonic_health_rps: Option<f64>, report: &mut Report)
         return;
     }
     // A fresh server, as for the latency runs.
-    let server = &Server::start(
-        &args.server_bin(),
-        &args.server_flags,
-        "127.0.0.1:0",
-        &["--max-sessions", "10000000"],
-    );
+    let server = &args
+        .server
+        .start("127.0.0.1:0", &["--max-sessions", "10000000"]);
     let Some(url) = server.url() else { return };
     let dir = std::env::temp_dir().join(format!("endcall-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -908,9 +893,7 @@ async fn memory(args: &Args, report: &mut Report) {
     let n = args.memory_sessions;
     let retention = Duration::from_secs(2);
     let max = (n + 10_000).to_string();
-    let server = Server::start(
-        &args.server_bin(),
-        &args.server_flags,
+    let server = args.server.start(
         "127.0.0.1:0",
         &[
             "--max-sessions",
@@ -1088,9 +1071,7 @@ async fn timers(args: &Args, rate_estimate: Option<f64>, report: &mut Report) {
     let n = args.timer_sessions;
     let watchers = args.timer_watchers.unwrap_or(n).min(n);
     let max = (n + 10_000).to_string();
-    let server = Server::start(
-        &args.server_bin(),
-        &args.server_flags,
+    let server = args.server.start(
         "127.0.0.1:0",
         &["--max-sessions", &max, "--idle-expiry", "2h"],
     );
@@ -1386,19 +1367,16 @@ fn main() {
     let mut report = Report::default();
     println!(
         "server binary: {} (pid of each server in its section)",
-        args.server_bin().display()
+        args.server.bin().display()
     );
     runtime.block_on(async {
         print_sizes(&mut report);
         let mut lifecycle_rate = None;
         let mut health_rate = None;
         if args.runs("throughput") {
-            let server = Server::start(
-                &args.server_bin(),
-                &args.server_flags,
-                "127.0.0.1:0",
-                &["--max-sessions", "10000000"],
-            );
+            let server = args
+                .server
+                .start("127.0.0.1:0", &["--max-sessions", "10000000"]);
             println!("TCP server pid {} at {:?}", server.pid(), server.addr);
             let t = throughput(&args, &server, "tcp", &mut report).await;
             lifecycle_rate = Some(t.lifecycle.rpc_rate());
@@ -1416,9 +1394,7 @@ fn main() {
         if args.runs("unix") {
             let path =
                 std::env::temp_dir().join(format!("endcall-bench-{}.sock", std::process::id()));
-            let server = Server::start(
-                &args.server_bin(),
-                &args.server_flags,
+            let server = args.server.start(
                 &format!("unix:{}", path.display()),
                 &["--max-sessions", "10000000"],
             );
@@ -1447,9 +1423,7 @@ async fn durable(args: &Args, in_memory: Option<f64>, report: &mut Report) {
         .join(format!("endcall-bench-state-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let state_dir = dir.display().to_string();
-    let server = Server::start(
-        &args.server_bin(),
-        &args.server_flags,
+    let server = args.server.start(
         "127.0.0.1:0",
         &["--max-sessions", "10000000", "--state-dir", &state_dir],
     );

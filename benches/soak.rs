@@ -41,7 +41,7 @@ use std::{
 
 use clap::Parser;
 use endcall_sidecar::proto::v1::{self as pb, DirectiveKind, SessionState, ShutdownCause};
-use support::{close, end_call, realtime_end_call, speech_done, Api, Server};
+use support::{close, end_call, realtime_end_call, speech_done, Api, Server, ServerArgs};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::Streaming;
 
@@ -78,24 +78,11 @@ struct Args {
     /// live_sessions, sessions_completed).
     #[arg(long)]
     csv: Option<PathBuf>,
-    /// The server binary (default: $ENDCALL_SIDECAR_BIN, else the one cargo built).
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
-    /// Extra server flags (e.g. "--log-level info").
-    #[arg(long, default_value = "", allow_hyphen_values = true)]
-    server_flags: String,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
-}
-
-impl Args {
-    fn server_bin(&self) -> PathBuf {
-        self.server_bin
-            .clone()
-            .or_else(|| std::env::var_os("ENDCALL_SIDECAR_BIN").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_endcall-sidecar")))
-    }
 }
 
 /// Longest wait for a directive or a stream's end; only reached when something is wrong.
@@ -438,9 +425,7 @@ fn main() {
 async fn soak(args: Args) -> bool {
     let metrics = format!("127.0.0.1:{}", free_port());
     let reply_timeout = humantime::format_duration(args.reply_timeout).to_string();
-    let server = Server::start(
-        &args.server_bin(),
-        &args.server_flags,
+    let server = args.server.start(
         "127.0.0.1:0",
         &[
             "--reply-timeout",
@@ -453,7 +438,7 @@ async fn soak(args: Args) -> bool {
             "warn",
         ],
     );
-    println!("server binary: {}", args.server_bin().display());
+    println!("server binary: {}", args.server.bin().display());
     println!(
         "soak: {} agents over {} connections, {} between a session's events, reply timeout {}, for {}; server pid {}",
         args.agents,

@@ -4,7 +4,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     str::FromStr as _,
     time::Duration,
@@ -21,6 +21,31 @@ pub type Api = EndCallServiceClient<Channel>;
 
 // ---------------------------------------------------------------------------------------------
 // The server under test.
+
+/// Which server binary the benches start, and with what extra flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// The server binary (default: $ENDCALL_SIDECAR_BIN, else the one cargo built).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Extra server flags, appended to every server the bench starts (e.g. "--log-level warn").
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    pub server_flags: String,
+}
+
+impl ServerArgs {
+    pub fn bin(&self) -> PathBuf {
+        self.server_bin
+            .clone()
+            .or_else(|| std::env::var_os("ENDCALL_SIDECAR_BIN").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_endcall-sidecar")))
+    }
+
+    /// Starts the server on `listen` with `flags` and the extra flags.
+    pub fn start(&self, listen: &str, flags: &[&str]) -> Server {
+        Server::start(&self.bin(), &self.server_flags, listen, flags)
+    }
+}
 
 pub struct Server {
     pub child: Child,
