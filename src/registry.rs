@@ -120,17 +120,7 @@ impl Registry {
         clock: Clock,
         placement: TimerThread,
     ) -> std::io::Result<Arc<Self>> {
-        let arms = timers::Arms::new();
-        let registry = Arc::new(Self {
-            sessions: DashMap::with_hasher(Hasher::default()),
-            settings,
-            clock,
-            live: AtomicUsize::new(0),
-            timers: Arc::clone(&arms),
-            journal: None,
-        });
-        timers::spawn(Arc::downgrade(&registry), clock, arms, placement)?;
-        Ok(registry)
+        Self::launch(settings, clock, placement, None)
     }
 
     /// Like [`Registry::start`], with every input journaled: first rebuilds the sessions the
@@ -139,19 +129,33 @@ impl Registry {
         settings: Settings,
         clock: Clock,
         placement: TimerThread,
-        mut opened: Opened,
+        opened: Opened,
     ) -> std::io::Result<Arc<Self>> {
-        let recovered = std::mem::take(&mut opened.recovered);
+        Self::launch(settings, clock, placement, Some(opened))
+    }
+
+    fn launch(
+        settings: Settings,
+        clock: Clock,
+        placement: TimerThread,
+        mut opened: Option<Opened>,
+    ) -> std::io::Result<Arc<Self>> {
+        let recovered = opened
+            .as_mut()
+            .map(|opened| std::mem::take(&mut opened.recovered));
         let arms = timers::Arms::new();
         let mut started = Ok(());
+        // Cyclic: the journal's writer publishes into the registry that owns the journal.
         let registry = Arc::new_cyclic(|weak: &std::sync::Weak<Self>| {
-            let weak = weak.clone();
-            let publish: journal::Publish = Box::new(move |published| {
-                if let Some(registry) = weak.upgrade() {
-                    registry.publish(published);
-                }
+            let journal = opened.and_then(|opened| {
+                let weak = weak.clone();
+                let publish: journal::Publish = Box::new(move |published| {
+                    if let Some(registry) = weak.upgrade() {
+                        registry.publish(published);
+                    }
+                });
+                opened.start(publish).map_err(|err| started = Err(err)).ok()
             });
-            let journal = opened.start(publish).map_err(|err| started = Err(err)).ok();
             Self {
                 sessions: DashMap::with_hasher(Hasher::default()),
                 settings,
@@ -163,7 +167,9 @@ impl Registry {
         });
         started?;
         timers::spawn(Arc::downgrade(&registry), clock, arms, placement)?;
-        registry.restore(recovered.sessions);
+        if let Some(recovered) = recovered {
+            registry.restore(recovered.sessions);
+        }
         Ok(registry)
     }
 
