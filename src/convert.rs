@@ -1,7 +1,7 @@
 //! The one place where protobuf meets the domain: validation of requests (each error names its
 //! field) and mapping of results back onto the wire types.
 
-use std::{sync::Arc, time::Duration};
+use std::{cell::RefCell, sync::Arc, time::Duration};
 
 use crate::{
     config::MAX_REPLY_TIMEOUT,
@@ -115,7 +115,27 @@ pub fn options(
     if patch == OptionsPatch::default() {
         return Ok(None);
     }
-    Ok(Some(patch.resolve(defaults)))
+    Ok(Some(shared_options(patch, defaults)))
+}
+
+thread_local! {
+    /// The options this thread resolved last. Agents send the same options call after call
+    /// (they are constants in the agent's code), so their sessions share one allocation
+    /// instead of holding a copy each: 80 bytes per session with options of its own.
+    static LAST_OPTIONS: RefCell<Option<Arc<Options>>> = const { RefCell::new(None) };
+}
+
+/// `patch` over `defaults`, shared with the defaults or with the last options resolved on
+/// this thread when equal to either.
+fn shared_options(patch: OptionsPatch, defaults: &Arc<Options>) -> Arc<Options> {
+    let resolved = patch.over(defaults);
+    if resolved == **defaults {
+        return Arc::clone(defaults);
+    }
+    LAST_OPTIONS.with_borrow_mut(|last| match last {
+        Some(last) if **last == resolved => Arc::clone(last),
+        _ => Arc::clone(last.insert(Arc::new(resolved))),
+    })
 }
 
 pub fn capabilities(raw: Option<pb::ModelCapabilities>) -> Capabilities {
@@ -324,6 +344,25 @@ mod tests {
         assert_eq!(options(None, &defaults()).unwrap(), None);
         let empty = pb::SessionOptions::default();
         assert_eq!(options(Some(empty), &defaults()).unwrap(), None);
+    }
+
+    #[test]
+    fn sessions_with_the_same_options_share_one_allocation() {
+        let defaults = defaults();
+        let timeout = |seconds| pb::SessionOptions {
+            reply_timeout: Some(prost_types::Duration { seconds, nanos: 0 }),
+            ..Default::default()
+        };
+        let first = options(Some(timeout(600)), &defaults).unwrap().unwrap();
+        let again = options(Some(timeout(600)), &defaults).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first.reply_timeout, Duration::from_secs(600));
+        let other = options(Some(timeout(7)), &defaults).unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(other.reply_timeout, Duration::from_secs(7));
+        // Options spelled out but equal to the defaults are the defaults.
+        let same = options(Some(timeout(5)), &defaults).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&same, &defaults));
     }
 
     #[test]

@@ -134,13 +134,23 @@ pub struct OptionsPatch {
 }
 
 impl OptionsPatch {
-    /// Fills the gaps from `defaults`. An empty patch shares the defaults' allocation, which
-    /// keeps the common case (no per-session options) at one pointer per session.
+    /// Fills the gaps from `defaults`. Options equal to the defaults share the defaults'
+    /// allocation, which keeps the common case (no per-session options) at one pointer per
+    /// session.
     pub fn resolve(self, defaults: &Arc<Options>) -> Arc<Options> {
         if self == OptionsPatch::default() {
             return Arc::clone(defaults);
         }
-        Arc::new(Options {
+        let resolved = self.over(defaults);
+        if resolved == **defaults {
+            return Arc::clone(defaults);
+        }
+        Arc::new(resolved)
+    }
+
+    /// The options this patch makes of `defaults`, not yet shared.
+    pub fn over(self, defaults: &Options) -> Options {
+        Options {
             delete_room: self.delete_room.unwrap_or(defaults.delete_room),
             end_instructions: self
                 .end_instructions
@@ -153,7 +163,7 @@ impl OptionsPatch {
             early_reply_capture: self
                 .early_reply_capture
                 .unwrap_or(defaults.early_reply_capture),
-        })
+        }
     }
 }
 

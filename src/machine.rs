@@ -8,7 +8,7 @@
 //! speech and each realtime reply waiter is tracked on its own, and the contract's state is
 //! derived from them (`state()`). With a single end_call this is exactly the table.
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use smallvec::SmallVec;
 
@@ -123,20 +123,23 @@ pub struct Session {
     options_fixed: bool,
     capabilities: Capabilities,
     created_at: Time,
-    /// Extension: when `WIND_UP` is due, and the maximum duration it came from.
-    max_duration: Option<(Duration, Time)>,
+    /// Extension: the maximum duration, and when `WIND_UP` is due. Boxed, like `early_reply`:
+    /// few sessions set one, and every live session would pay for the room.
+    max_duration: Option<Box<(Duration, Time)>>,
     wind_up_issued: bool,
     /// Almost always one: inline, so the common session allocates nothing for it.
     tool_speeches: SmallVec<[ToolSpeech; 1]>,
     waiters: SmallVec<[Waiter; 1]>,
     /// Extension (early reply capture): a speech created while `ENDING`, and whether it is done.
     early_reply: Option<Box<(SpeechId, bool)>>,
-    recent: VecDeque<RecentSpeech>,
+    /// A `Vec`, not a ring: dropping the oldest of a full one is rare, and a `Vec` is 8 bytes
+    /// narrower in every session.
+    recent: Vec<RecentSpeech>,
     shutdown: Option<(ShutdownCause, Time)>,
     /// Boxed, like `early_reply`: rare or late, they should not widen every live session.
     closure: Option<Box<Closure>>,
     directives: Vec<IssuedDirective>,
-    timeline: VecDeque<TimelineEntry>,
+    timeline: Vec<TimelineEntry>,
     timeline_dropped: u32,
 }
 
@@ -152,11 +155,11 @@ impl Session {
             tool_speeches: SmallVec::new(),
             waiters: SmallVec::new(),
             early_reply: None,
-            recent: VecDeque::new(),
+            recent: Vec::new(),
             shutdown: None,
             closure: None,
             directives: Vec::new(),
-            timeline: VecDeque::new(),
+            timeline: Vec::new(),
             timeline_dropped: 0,
         }
     }
@@ -213,7 +216,7 @@ impl Session {
                 options,
                 max_duration,
             } => {
-                if let (Some(max), Some((known, _))) = (max_duration, self.max_duration) {
+                if let (Some(max), Some((known, _))) = (max_duration, self.max_duration_at()) {
                     if *max != known {
                         return Err(Rejection::MaxDurationConflict);
                     }
@@ -245,8 +248,8 @@ impl Session {
         let duplicate =
             !new_options && !new_max && self.timeline_has(|r| matches!(r, EventRecord::Open));
         self.fix_options(options);
-        if let (Some(max), None) = (max_duration, self.max_duration) {
-            self.max_duration = Some((max, now + max));
+        if let (Some(max), None) = (max_duration, self.max_duration_at()) {
+            self.max_duration = Some(Box::new((max, now + max)));
         }
         self.record(now, EventRecord::Open, duplicate);
         duplicate
@@ -260,6 +263,7 @@ impl Session {
         capabilities: Capabilities,
         now: Time,
     ) -> bool {
+        let speech = self.known(speech);
         self.fix_options(options);
         if self.tool_speeches.iter().any(|t| t.id == speech) {
             self.record(now, EventRecord::EndCall { speech }, true);
@@ -290,6 +294,7 @@ impl Session {
 
     /// Row 4, the early-capture extension, and row 9 for everything else.
     fn speech_created(&mut self, speech: SpeechId, now: Time) -> bool {
+        let speech = self.known(speech);
         let seen = self.recent(&speech).is_some_and(|r| r.created);
         self.record(
             now,
@@ -331,6 +336,7 @@ impl Session {
         tool_output_given: Option<bool>,
         now: Time,
     ) -> bool {
+        let speech = self.known(speech);
         let seen = self.recent(&speech).is_some_and(|r| r.done);
         self.record(
             now,
@@ -440,7 +446,7 @@ impl Session {
     pub fn on_time(&mut self, now: Time, timing: &Timing) -> Vec<IssuedDirective> {
         let first_new = self.directives.len();
         if self.closure.is_none() && self.shutdown.is_none() {
-            if let Some((_, wind_up_at)) = self.max_duration {
+            if let Some((_, wind_up_at)) = self.max_duration_at() {
                 if !self.wind_up_issued && wind_up_at <= now {
                     self.wind_up_issued = true;
                     // Once end_call was called the agent is already saying goodbye.
@@ -466,7 +472,7 @@ impl Session {
             return None;
         }
         let wind_up = self
-            .max_duration
+            .max_duration_at()
             .filter(|_| !self.wind_up_issued)
             .map(|(_, at)| at);
         self.shutdown_deadlines(timing)
@@ -490,7 +496,7 @@ impl Session {
             Waiter::Awaiting { deadline } => (*deadline, ShutdownCause::ReplyTimeout),
             Waiter::Playing { since, .. } => (*since + guard, ShutdownCause::PlayoutGuard),
         });
-        let max_duration = self.max_duration.map(|(_, wind_up_at)| {
+        let max_duration = self.max_duration_at().map(|(_, wind_up_at)| {
             (
                 wind_up_at + timing.wind_up_grace,
                 ShutdownCause::MaxDuration,
@@ -528,6 +534,18 @@ impl Session {
         }
     }
 
+    /// The copy of `speech` this session already holds, if it holds one: each request brings
+    /// its own copy of the id, and keeping them all would cost an allocation per event.
+    fn known(&self, speech: SpeechId) -> SpeechId {
+        self.tool_speeches
+            .iter()
+            .map(|t| &t.id)
+            .chain(self.recent.iter().map(|r| &r.id))
+            .find(|known| **known == speech)
+            .cloned()
+            .unwrap_or(speech)
+    }
+
     fn recent(&self, speech: &SpeechId) -> Option<&RecentSpeech> {
         self.recent.iter().find(|r| r.id == *speech)
     }
@@ -537,10 +555,11 @@ impl Session {
             Some(index) => index,
             None => {
                 if self.recent.len() == RECENT_SPEECHES {
-                    self.recent.pop_front();
+                    self.recent.remove(0);
                 }
-                start_small(&mut self.recent);
-                self.recent.push_back(RecentSpeech {
+                // Most sessions name one or two speeches.
+                start_small(&mut self.recent, 1);
+                self.recent.push(RecentSpeech {
                     id: speech.clone(),
                     created: false,
                     done: false,
@@ -557,11 +576,11 @@ impl Session {
 
     fn push_timeline(&mut self, at: Time, item: TimelineItem) {
         if self.timeline.len() == TIMELINE_CAP {
-            self.timeline.pop_front();
+            self.timeline.remove(0);
             self.timeline_dropped = self.timeline_dropped.saturating_add(1);
         }
-        start_small(&mut self.timeline);
-        self.timeline.push_back(TimelineEntry { at, item });
+        start_small(&mut self.timeline, 2);
+        self.timeline.push(TimelineEntry { at, item });
     }
 
     fn timeline_has(&self, pred: impl Fn(&EventRecord) -> bool) -> bool {
@@ -618,7 +637,12 @@ impl Session {
     }
 
     pub fn max_duration(&self) -> Option<Duration> {
-        self.max_duration.map(|(max, _)| max)
+        self.max_duration_at().map(|(max, _)| max)
+    }
+
+    /// The maximum duration and when `WIND_UP` is due, if the session set one.
+    fn max_duration_at(&self) -> Option<(Duration, Time)> {
+        self.max_duration.as_deref().copied()
     }
 
     pub fn created_at(&self) -> Time {
@@ -674,11 +698,12 @@ impl Session {
     }
 }
 
-/// A first allocation of two rather than the default four: most sessions are short, and a
-/// million of them waiting at once is what the memory budget is for. Doubling takes over after.
-fn start_small<T>(deque: &mut VecDeque<T>) {
-    if deque.capacity() == 0 {
-        deque.reserve_exact(2);
+/// Makes room for one more element, starting at `first` and doubling from there. The
+/// standard growth starts at four: most sessions are short, and a million of them waiting at
+/// once is what the memory budget is for.
+fn start_small<T>(list: &mut Vec<T>, first: usize) {
+    if list.len() == list.capacity() {
+        list.reserve_exact(list.capacity().max(first));
     }
 }
 

@@ -86,9 +86,10 @@ pub struct WatchPoll {
     pub changed: Option<watch::Receiver<()>>,
 }
 
+/// A session and the registry's bookkeeping of it, boxed as one: the map's slots then hold
+/// only the id and a pointer (24 bytes), so the spare capacity a hash table keeps costs little.
 struct Entry {
-    /// Boxed so the map's slots stay small: its spare capacity then costs little.
-    session: Box<Session>,
+    session: Session,
     last_activity: Time,
     /// The time of the timer this session has pending in the wheel, if any.
     armed: Option<Time>,
@@ -105,7 +106,7 @@ struct Entry {
 type Hasher = foldhash::fast::RandomState;
 
 pub struct Registry {
-    sessions: DashMap<SessionId, Entry, Hasher>,
+    sessions: DashMap<SessionId, Box<Entry>, Hasher>,
     settings: Settings,
     clock: Clock,
     live: AtomicUsize,
@@ -367,7 +368,7 @@ impl Registry {
         &self,
         id: &str,
         now: Time,
-    ) -> Result<RefMut<'_, SessionId, Entry>, RegistryError> {
+    ) -> Result<RefMut<'_, SessionId, Box<Entry>>, RegistryError> {
         if let Some(entry) = self.sessions.get_mut(id) {
             return Ok(entry);
         }
@@ -380,14 +381,14 @@ impl Registry {
         let mut created = false;
         let entry = self.sessions.entry(session_id).or_insert_with(|| {
             created = true;
-            Entry {
-                session: Box::new(Session::new(Arc::clone(&self.settings.defaults), now)),
+            Box::new(Entry {
+                session: Session::new(Arc::clone(&self.settings.defaults), now),
                 last_activity: now,
                 armed: None,
                 notify: None,
                 journal_index: 0,
                 published: 0,
-            }
+            })
         });
         // The caller arms the new session's timer once it has applied its event: arming here
         // too would wake the timer task twice for one request.
@@ -491,7 +492,7 @@ impl Registry {
                 .and_then(|created| created.defaults.as_ref())
                 .map_or_else(|| Arc::clone(&self.settings.defaults), load_options);
             let created_at = Time::from_micros(first.generation);
-            let mut session = Box::new(Session::new(defaults, created_at));
+            let mut session = Session::new(defaults, created_at);
             let mut last_activity = created_at;
             for record in &records {
                 let at = record.at();
@@ -513,14 +514,14 @@ impl Registry {
                     Err(err) => warn!(%err, "journal record skipped"),
                 }
             }
-            let mut entry = Entry {
+            let mut entry = Box::new(Entry {
                 last_activity,
                 armed: None,
                 notify: None,
                 journal_index: u32::try_from(records.len()).unwrap_or(u32::MAX),
                 published: u32::try_from(session.last_seq()).unwrap_or(u32::MAX),
                 session,
-            };
+            });
             let retention_over = entry
                 .session
                 .closed_at()
