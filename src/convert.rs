@@ -274,7 +274,7 @@ impl DirectiveMapper {
             .map(|entry| pb::TimelineEntry {
                 at: Some(timestamp(entry.at)),
                 entry: Some(match &entry.item {
-                    ReportItem::Event(text) => pb::timeline_entry::Entry::Event(text.clone()),
+                    ReportItem::Event(event) => pb::timeline_entry::Entry::Event(event.to_string()),
                     ReportItem::Directive(seq) => match by_seq(*seq) {
                         Some(d) => pb::timeline_entry::Entry::Directive(self.directive(id, d)),
                         None => pb::timeline_entry::Entry::Event(format!("directive {seq}")),

@@ -252,12 +252,35 @@ pub enum Directive {
 pub const MAX_DIRECTIVES_PER_SESSION: usize = 4;
 
 /// A directive as issued: numbered and timed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IssuedDirective {
     pub seq: u64,
     pub at: Time,
-    #[serde(flatten)]
     pub directive: Directive,
+}
+
+/// `{"seq":..,"at":..,"kind":..}` plus the kind's own field, by hand: serde's `flatten` goes
+/// through a buffering map serialiser, and every ended session's report lists its directives.
+impl Serialize for IssuedDirective {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("seq", &self.seq)?;
+        map.serialize_entry("at", &self.at)?;
+        match self.directive {
+            Directive::ShutdownSession { cause } => {
+                map.serialize_entry("kind", "shutdown_session")?;
+                map.serialize_entry("cause", &cause)?;
+            }
+            Directive::DeleteRoom => map.serialize_entry("kind", "delete_room")?,
+            Directive::ShutdownJob { reason } => {
+                map.serialize_entry("kind", "shutdown_job")?;
+                map.serialize_entry("reason", &reason)?;
+            }
+            Directive::WindUp => map.serialize_entry("kind", "wind_up")?,
+        }
+        map.end()
+    }
 }
 
 /// The contract's states.

@@ -65,13 +65,11 @@ pub enum RegistryError {
 
 /// What an event did, with what the reply needs.
 #[derive(Debug)]
-pub struct Applied {
+pub struct Applied<R = ()> {
     pub step: Step,
     pub state: State,
-    /// The tool output in force (for `EndCall`'s reply).
-    pub tool_output: Option<String>,
-    pub options: Arc<Options>,
-    pub max_duration: Option<Duration>,
+    /// What the caller read from the session after the event (see [`Registry::apply_with`]).
+    pub reply: R,
     /// With a journal: completes once the event is on disk. The reply must wait for it.
     pub durable: Option<Durable>,
 }
@@ -201,6 +199,17 @@ impl Registry {
 
     /// Applies a worker's event to its session, creating the session if needed.
     pub fn apply(&self, id: &str, event: Event) -> Result<Applied, RegistryError> {
+        self.apply_with(id, event, |_| ())
+    }
+
+    /// Like [`Registry::apply`], and reads what the reply needs from the session (its tool
+    /// output, its options) under the same lock, so a reply never copies what it does not use.
+    pub fn apply_with<R>(
+        &self,
+        id: &str,
+        event: Event,
+        reply: impl FnOnce(&Session) -> R,
+    ) -> Result<Applied<R>, RegistryError> {
         if let Some(journal) = &self.journal {
             if journal.failed().is_cancelled() {
                 return Err(RegistryError::JournalFailed);
@@ -222,9 +231,7 @@ impl Registry {
             let applied = Applied {
                 step,
                 state: entry.session.state(),
-                tool_output: entry.session.tool_output().map(str::to_owned),
-                options: Arc::clone(entry.session.options()),
-                max_duration: entry.session.max_duration(),
+                reply: reply(&entry.session),
                 durable,
             };
             (applied, ended)

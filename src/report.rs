@@ -2,9 +2,9 @@
 //!
 //! Built from a session in one place so the log line and the RPC cannot tell different stories.
 
-use std::{sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
-use serde::{Serialize, Serializer};
+use serde::{ser::SerializeMap as _, Serialize, Serializer};
 
 use crate::{
     domain::{
@@ -40,20 +40,51 @@ pub struct Report {
     pub directives: Vec<IssuedDirective>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// Serialised by hand as `{"at":..,"event":..}` or `{"at":..,"directive":..}`: serde's
+/// `flatten` goes through a buffering map serialiser, and a report is written for every
+/// session that ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReportEntry {
     pub at: Time,
-    #[serde(flatten)]
     pub item: ReportItem,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+impl Serialize for ReportEntry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("at", &self.at)?;
+        match &self.item {
+            ReportItem::Event(event) => map.serialize_entry("event", &Text(event))?,
+            ReportItem::Directive(seq) => map.serialize_entry("directive", seq)?,
+        }
+        map.end()
+    }
+}
+
+/// Serialises through `Display`, without an intermediate `String`.
+struct Text<'a, T>(&'a T);
+
+impl<T: fmt::Display> Serialize for Text<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReportItem {
-    /// A one-line description of the event, e.g. `end_call speech=SH_1`.
-    Event(String),
+    /// An event, written as a one-line description such as `end_call speech=SH_1`. Kept as
+    /// the event, not the text: a report is built for every session that ends, and most are
+    /// written once, straight into the log line.
+    Event(Described),
     /// The sequence number of a directive listed in `directives`.
     Directive(u64),
+}
+
+/// An event of the timeline and whether it was a duplicate; `Display` describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Described {
+    pub record: EventRecord,
+    pub duplicate: bool,
 }
 
 impl Report {
@@ -81,9 +112,10 @@ impl Report {
                 .map(|entry| ReportEntry {
                     at: entry.at,
                     item: match &entry.item {
-                        TimelineItem::Event { record, duplicate } => {
-                            ReportItem::Event(describe(record, *duplicate))
-                        }
+                        TimelineItem::Event { record, duplicate } => ReportItem::Event(Described {
+                            record: record.clone(),
+                            duplicate: *duplicate,
+                        }),
                         TimelineItem::Directive(seq) => ReportItem::Directive(*seq),
                     },
                 })
@@ -94,26 +126,27 @@ impl Report {
     }
 }
 
-fn describe(record: &EventRecord, duplicate: bool) -> String {
-    let text = match record {
-        EventRecord::Open => "open".to_owned(),
-        EventRecord::EndCall { speech } => format!("end_call speech={speech}"),
-        EventRecord::SpeechCreated { speech } => format!("speech_created speech={speech}"),
-        EventRecord::SpeechDone {
-            speech,
-            interrupted: false,
-        } => format!("speech_done speech={speech}"),
-        EventRecord::SpeechDone {
-            speech,
-            interrupted: true,
-        } => format!("speech_done speech={speech} interrupted"),
-        EventRecord::Close { reason } => format!("session_close reason={}", reason.as_str()),
-        EventRecord::Expired => "expired".to_owned(),
-    };
-    if duplicate {
-        format!("{text} (duplicate)")
-    } else {
-        text
+impl fmt::Display for Described {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.record {
+            EventRecord::Open => f.write_str("open")?,
+            EventRecord::EndCall { speech } => write!(f, "end_call speech={speech}")?,
+            EventRecord::SpeechCreated { speech } => write!(f, "speech_created speech={speech}")?,
+            EventRecord::SpeechDone {
+                speech,
+                interrupted: false,
+            } => write!(f, "speech_done speech={speech}")?,
+            EventRecord::SpeechDone {
+                speech,
+                interrupted: true,
+            } => write!(f, "speech_done speech={speech} interrupted")?,
+            EventRecord::Close { reason } => write!(f, "session_close reason={}", reason.as_str())?,
+            EventRecord::Expired => f.write_str("expired")?,
+        }
+        if self.duplicate {
+            f.write_str(" (duplicate)")?;
+        }
+        Ok(())
     }
 }
 
@@ -128,5 +161,94 @@ fn opt_ms<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> 
     match d {
         Some(d) => duration_ms::serialize(d, s),
         None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::{Directive, Event, ShutdownCause, SpeechId},
+        machine::Timing,
+    };
+
+    /// The log line's JSON describes each event as GetSession's timeline does.
+    #[test]
+    fn the_logged_timeline_describes_each_event() {
+        let timing = Timing {
+            playout_guard: Duration::from_secs(30),
+            wind_up_grace: Duration::from_secs(10),
+        };
+        let mut session = Session::new(Arc::new(Options::default()), Time::from_micros(0));
+        let end_call = || Event::EndCall {
+            speech: SpeechId::new("S"),
+            options: None,
+            capabilities: Capabilities::default(),
+        };
+        for (at, event) in [(1, end_call()), (2, end_call())] {
+            session
+                .handle(event, Time::from_micros(at), &timing)
+                .unwrap();
+        }
+        let report = Report::of(&SessionId::new("call-1"), &session);
+        let json = serde_json::to_value(&report).unwrap();
+        let events: Vec<_> = json["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|entry| entry["event"].as_str())
+            .collect();
+        assert_eq!(
+            events,
+            ["end_call speech=S", "end_call speech=S (duplicate)"]
+        );
+    }
+
+    /// The JSON shape of directives and timeline entries, as log readers parse it.
+    #[test]
+    fn directives_and_entries_serialise_flat() {
+        let directive = |seq, directive| IssuedDirective {
+            seq,
+            at: Time::from_micros(1_500),
+            directive,
+        };
+        let json = serde_json::to_string(&[
+            directive(
+                1,
+                Directive::ShutdownSession {
+                    cause: ShutdownCause::ReplyTimeout,
+                },
+            ),
+            directive(2, Directive::DeleteRoom),
+            directive(
+                3,
+                Directive::ShutdownJob {
+                    reason: CloseReason::UserInitiated,
+                },
+            ),
+            directive(4, Directive::WindUp),
+        ])
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"[{"seq":1,"at":1500,"kind":"shutdown_session","cause":"reply_timeout"},{"seq":2,"at":1500,"kind":"delete_room"},{"seq":3,"at":1500,"kind":"shutdown_job","reason":"user_initiated"},{"seq":4,"at":1500,"kind":"wind_up"}]"#
+        );
+        let entries = [
+            ReportEntry {
+                at: Time::from_micros(2_000),
+                item: ReportItem::Directive(4),
+            },
+            ReportEntry {
+                at: Time::from_micros(3_000),
+                item: ReportItem::Event(Described {
+                    record: EventRecord::Expired,
+                    duplicate: false,
+                }),
+            },
+        ];
+        assert_eq!(
+            serde_json::to_string(&entries).unwrap(),
+            r#"[{"at":2000,"directive":4},{"at":3000,"event":"expired"}]"#
+        );
     }
 }

@@ -190,20 +190,18 @@ impl EndCallService for EndCallApi {
             let options = convert::options(req.options, &api.registry.settings().defaults)?;
             let max_duration =
                 convert::duration("max_duration", req.max_duration, MAX_CALL_DURATION)?;
-            let applied = api.registry.apply(
+            let applied = api.registry.apply_with(
                 id,
                 Event::Open {
                     options,
                     max_duration,
                 },
+                |session| convert::resolved_options(session.options(), session.max_duration()),
             )?;
             Ok(Reply {
                 message: pb::OpenSessionResponse {
                     state: convert::state(applied.state).into(),
-                    options: Some(convert::resolved_options(
-                        &applied.options,
-                        applied.max_duration,
-                    )),
+                    options: Some(applied.reply),
                 },
                 durable: applied.durable,
             })
@@ -222,10 +220,12 @@ impl EndCallService for EndCallApi {
                 options: convert::options(req.options, &api.registry.settings().defaults)?,
                 capabilities: convert::capabilities(req.capabilities),
             };
-            let applied = api.registry.apply(id, event)?;
+            let applied = api.registry.apply_with(id, event, |session| {
+                session.tool_output().map(str::to_owned)
+            })?;
             Ok(Reply {
                 message: pb::EndCallResponse {
-                    tool_output: applied.tool_output,
+                    tool_output: applied.reply,
                     directives: api.mapper.directives(id, &applied.step.directives),
                     state: convert::state(applied.state).into(),
                     duplicate: applied.step.duplicate,

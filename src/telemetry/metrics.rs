@@ -2,10 +2,11 @@
 //! this file), recorded through the `metrics` facade so that without `--metrics-listen` each
 //! call is a no-op.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Histogram, Unit,
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use tonic::Code;
@@ -46,8 +47,58 @@ pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
     tokio::spawn(exporter);
     describe();
     zero();
+    let _ = HANDLES.set(Handles::register());
     tokio::spawn(sample_runtime());
     Ok(())
+}
+
+/// The EndCallService methods, whose series are registered once at install.
+const METHODS: [&str; 8] = [
+    "OpenSession",
+    "EndCall",
+    "OnSpeechCreated",
+    "OnSpeechDone",
+    "OnSessionClose",
+    "WatchSession",
+    "GetTool",
+    "GetSession",
+];
+
+/// Directive kinds, as labelled.
+const DIRECTIVE_KINDS: [&str; 4] = ["shutdown_session", "delete_room", "shutdown_job", "wind_up"];
+
+/// The series on every RPC's path, registered once. A labelled macro call builds its label
+/// list and looks the series up in the recorder each time; these are looked up by index. Set
+/// only by `install`: without `--metrics-listen` recording is skipped altogether.
+static HANDLES: OnceLock<Handles> = OnceLock::new();
+
+struct Handles {
+    /// Per method: its OK count and its latency.
+    rpcs: [(Counter, Histogram); METHODS.len()],
+    sessions: [Gauge; State::ALL.len()],
+    directives: [Counter; DIRECTIVE_KINDS.len()],
+    end_call_to_shutdown: Histogram,
+}
+
+impl Handles {
+    fn register() -> Self {
+        Handles {
+            rpcs: METHODS.map(|method| {
+                (
+                    counter!(RPC_REQUESTS, "method" => method, "code" => code_name(Code::Ok)),
+                    histogram!(RPC_DURATION, "method" => method),
+                )
+            }),
+            sessions: State::ALL.map(|state| gauge!(SESSIONS, "state" => state.as_str())),
+            directives: DIRECTIVE_KINDS.map(|kind| counter!(DIRECTIVES, "kind" => kind)),
+            end_call_to_shutdown: histogram!(END_CALL_TO_SHUTDOWN),
+        }
+    }
+
+    fn session_gauge(&self, state: State) -> &Gauge {
+        let index = State::ALL.iter().position(|s| *s == state).unwrap_or(0);
+        &self.sessions[index]
+    }
 }
 
 /// Samples the runtime's live task count: a task leaked per session or stream shows as a
@@ -128,8 +179,22 @@ fn describe() {
 }
 
 pub fn rpc(method: &'static str, code: Code, elapsed: Duration) {
-    counter!(RPC_REQUESTS, "method" => method, "code" => code_name(code)).increment(1);
-    histogram!(RPC_DURATION, "method" => method).record(elapsed.as_secs_f64());
+    let Some(handles) = HANDLES.get() else { return };
+    let known = METHODS.iter().position(|m| *m == method);
+    match known.map(|index| &handles.rpcs[index]) {
+        Some((ok, latency)) => {
+            if code == Code::Ok {
+                ok.increment(1);
+            } else {
+                counter!(RPC_REQUESTS, "method" => method, "code" => code_name(code)).increment(1);
+            }
+            latency.record(elapsed.as_secs_f64());
+        }
+        None => {
+            counter!(RPC_REQUESTS, "method" => method, "code" => code_name(code)).increment(1);
+            histogram!(RPC_DURATION, "method" => method).record(elapsed.as_secs_f64());
+        }
+    }
 }
 
 pub fn rejected(reason: &'static str) {
@@ -141,11 +206,12 @@ pub fn session_state(from: Option<State>, to: Option<State>) {
     if from == to {
         return;
     }
+    let Some(handles) = HANDLES.get() else { return };
     if let Some(from) = from {
-        gauge!(SESSIONS, "state" => from.as_str()).decrement(1.0);
+        handles.session_gauge(from).decrement(1.0);
     }
     if let Some(to) = to {
-        gauge!(SESSIONS, "state" => to.as_str()).increment(1.0);
+        handles.session_gauge(to).increment(1.0);
     }
 }
 
@@ -157,17 +223,20 @@ pub fn session_ended(outcome: Outcome, reason: Option<CloseReason>) {
 }
 
 pub fn end_call_to_shutdown(elapsed: Duration) {
-    histogram!(END_CALL_TO_SHUTDOWN).record(elapsed.as_secs_f64());
+    if let Some(handles) = HANDLES.get() {
+        handles.end_call_to_shutdown.record(elapsed.as_secs_f64());
+    }
 }
 
 pub fn directive(directive: &Directive) {
+    let Some(handles) = HANDLES.get() else { return };
     let kind = match directive {
-        Directive::ShutdownSession { .. } => "shutdown_session",
-        Directive::DeleteRoom => "delete_room",
-        Directive::ShutdownJob { .. } => "shutdown_job",
-        Directive::WindUp => "wind_up",
+        Directive::ShutdownSession { .. } => 0,
+        Directive::DeleteRoom => 1,
+        Directive::ShutdownJob { .. } => 2,
+        Directive::WindUp => 3,
     };
-    counter!(DIRECTIVES, "kind" => kind).increment(1);
+    handles.directives[kind].increment(1);
 }
 
 pub fn timers_pending(n: usize) {
