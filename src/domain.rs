@@ -16,6 +16,9 @@ use serde::Serialize;
 pub struct Time(u64);
 
 impl Time {
+    /// Later than any real time: "not set" where an `Option` would cost another 8 bytes.
+    pub const NEVER: Time = Time(u64::MAX);
+
     pub const fn from_micros(micros: u64) -> Self {
         Self(micros)
     }

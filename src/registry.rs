@@ -34,7 +34,7 @@ use crate::{
     machine::{Rejection, Session, Step, Timing},
     report::Report,
     telemetry::{self, metrics},
-    timers::{self, TimerThread},
+    timers::{self, TimerKey, TimerThread},
 };
 
 /// Server-wide settings of the registry.
@@ -89,8 +89,11 @@ pub struct WatchPoll {
 struct Entry {
     session: Session,
     last_activity: Time,
-    /// The time of the timer this session has pending in the wheel, if any.
-    armed: Option<Time>,
+    /// The time this session's timer is set for ([`Time::NEVER`]: none).
+    armed: Time,
+    /// This session's entry in the timer wheel, once the timer task made one. Kept here rather
+    /// than in a map of the timer task's: one map entry per session was 60-odd bytes each.
+    timer: Option<TimerKey>,
     /// Wakes watch streams; created by the first watcher, dropped with the entry.
     notify: Option<watch::Sender<()>>,
     /// With a journal: the index of this session's next record.
@@ -99,6 +102,10 @@ struct Entry {
     /// see them.
     published: u32,
 }
+
+// A million waiting sessions is what the memory budget is for: each entry is one allocation,
+// and crossing 256 bytes would put it in the allocator's next size class (320).
+const _: () = assert!(std::mem::size_of::<Entry>() <= 256);
 
 /// Session ids come from the agents in the pod, not from strangers: a fast hasher is enough.
 type Hasher = foldhash::fast::RandomState;
@@ -301,6 +308,25 @@ impl Registry {
         Some(Report::of(entry.key(), &entry.session))
     }
 
+    /// The timer task's access to `id`'s wheel key (if the session is still held), under the
+    /// session's lock: only the timer task reads or writes it.
+    pub(crate) fn with_timer_key(&self, id: &SessionId, f: impl FnOnce(&mut Option<TimerKey>)) {
+        if let Some(mut entry) = self.sessions.get_mut(id.as_str()) {
+            f(&mut entry.timer);
+        }
+    }
+
+    /// Gives every session holding a wheel key a new one (`rekey` maps old to new): the timer
+    /// task moves its entries into a fresh wheel after a large drop.
+    pub(crate) fn rekey_timers(&self, mut rekey: impl FnMut(&SessionId, TimerKey) -> TimerKey) {
+        for mut entry in self.sessions.iter_mut() {
+            let (id, entry) = entry.pair_mut();
+            if let Some(key) = entry.timer {
+                entry.timer = Some(rekey(id, key));
+            }
+        }
+    }
+
     /// Gives back the map's memory once it holds far fewer sessions than it has room for.
     pub(crate) fn shrink_if_sparse(&self) {
         if self.sessions.len() < self.sessions.capacity() / 4 {
@@ -308,8 +334,8 @@ impl Registry {
         }
     }
 
-    /// Called by the timer task when a session's armed time is reached.
-    pub(crate) fn on_timer(&self, id: &SessionId, at: Time) {
+    /// Called by the timer task when a session's entry `key` in the wheel comes due.
+    pub(crate) fn on_timer(&self, id: &SessionId, wheel_key: TimerKey) {
         let now = self.clock.now();
         let mut ended = None;
         let remove = {
@@ -317,8 +343,9 @@ impl Registry {
                 return;
             };
             let (key, entry) = entry.pair_mut();
-            if entry.armed == Some(at) {
-                entry.armed = None;
+            if entry.timer == Some(wheel_key) {
+                entry.timer = None;
+                entry.armed = Time::NEVER;
             }
             let before = entry.session.state();
             let timing = &self.settings.timing;
@@ -391,7 +418,8 @@ impl Registry {
             Box::new(Entry {
                 session: Session::new(Arc::clone(&self.settings.defaults), now),
                 last_activity: now,
-                armed: None,
+                armed: Time::NEVER,
+                timer: None,
                 notify: None,
                 journal_index: 0,
                 published: 0,
@@ -523,7 +551,8 @@ impl Registry {
             }
             let mut entry = Box::new(Entry {
                 last_activity,
-                armed: None,
+                armed: Time::NEVER,
+                timer: None,
                 notify: None,
                 journal_index: u32::try_from(records.len()).unwrap_or(u32::MAX),
                 published: u32::try_from(session.last_seq()).unwrap_or(u32::MAX),
@@ -560,8 +589,8 @@ impl Registry {
                     .map_or(idle, |deadline| deadline.min(idle))
             }
         };
-        if entry.armed.is_none_or(|armed| wake < armed) {
-            entry.armed = Some(wake);
+        if wake < entry.armed {
+            entry.armed = wake;
             self.timers.arm(id.clone(), wake);
         }
     }
@@ -575,7 +604,7 @@ mod tests {
     use tokio::time::{advance, sleep};
 
     use super::*;
-    use crate::domain::{Capabilities, CloseReason, Directive, ShutdownCause, SpeechId};
+    use crate::domain::{Capabilities, CloseReason, Directive, Outcome, ShutdownCause, SpeechId};
 
     fn settings() -> Settings {
         Settings {
@@ -649,6 +678,56 @@ mod tests {
         );
         let report = registry.report("s").unwrap();
         assert_eq!(report.goodbye, Some(Duration::from_secs(5)));
+    }
+
+    /// After a large drop the timer task moves the pending entries into a fresh wheel: the
+    /// sessions that were waiting keep their deadlines, and their keys keep working.
+    #[tokio::test(start_paused = true)]
+    async fn the_wheel_rebuilt_after_a_large_drop_keeps_every_pending_deadline() {
+        let settings = Settings {
+            max_sessions: 1000,
+            ..settings()
+        };
+        let registry = Registry::start(settings, Clock::new(), TimerThread::Shared).unwrap();
+        let active = || Event::SpeechCreated {
+            speech: SpeechId::new("A"),
+        };
+        for i in 0..300 {
+            registry.apply(&format!("gone-{i}"), close()).unwrap();
+        }
+        // Armed after the others, so their keys in the new wheel differ from the old ones.
+        for keeper in ["keep-1", "keep-2"] {
+            registry.apply(keeper, active()).unwrap();
+        }
+        settle_timers().await;
+        // Past the retention and a housekeeping tick: 300 dropped, 2 left in a wheel with room
+        // for 300, which is rebuilt.
+        sleep(Duration::from_secs(62)).await;
+        settle_timers().await;
+        assert!(registry.report("gone-0").is_none());
+        // An earlier deadline moves keep-1's entry, by the key it was given in the new wheel.
+        registry.apply("keep-1", realtime_end_call("S")).unwrap();
+        registry.apply("keep-1", done("S")).unwrap();
+        sleep(Duration::from_secs(5)).await;
+        settle_timers().await;
+        let report = registry.report("keep-1").unwrap();
+        assert_eq!(
+            report.directives[0].directive,
+            Directive::ShutdownSession {
+                cause: ShutdownCause::ReplyTimeout
+            }
+        );
+        // keep-2 expires idle at 600 s, then is dropped after its retention: both need its
+        // entry to have been found by its key.
+        sleep(Duration::from_secs(600 - 67)).await;
+        settle_timers().await;
+        assert_eq!(
+            registry.report("keep-2").unwrap().outcome,
+            Some(Outcome::Expired)
+        );
+        sleep(Duration::from_secs(60)).await;
+        settle_timers().await;
+        assert!(registry.report("keep-2").is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -3,8 +3,9 @@
 //! A task per deadline would cost a task and a tokio timer entry per waiting session; one
 //! `DelayQueue` holds them all and hands each expiry back to the registry. Each session has at
 //! most one entry: arming it again moves that entry (the registry only ever moves it earlier),
-//! so nothing stale outlives a session. An entry that comes due for a deadline that has since
-//! gone is harmless: the registry asks the machine what is due now and re-arms.
+//! so nothing stale outlives a session. The entry's key is kept in the session's registry entry
+//! and only this task touches it. An entry that comes due for a deadline that has since gone is
+//! harmless: the registry asks the machine what is due now and re-arms.
 //!
 //! Arming must not cost a thread wake-up per event: most deadlines (a 30 s playout guard, a
 //! 2 h idle expiry) fall long after the wheel's next expiry anyway. So arms are queued, and the
@@ -12,7 +13,6 @@
 //! publishes that time), or when the queue has grown long enough to be worth draining.
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, Weak,
@@ -23,7 +23,10 @@ use std::{
 use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use tokio_stream::StreamExt as _;
-use tokio_util::time::{delay_queue::Key, DelayQueue};
+use tokio_util::time::DelayQueue;
+
+/// A session's entry in the wheel.
+pub(crate) type TimerKey = tokio_util::time::delay_queue::Key;
 
 use crate::{
     clock::Clock,
@@ -118,25 +121,19 @@ pub(crate) fn spawn(
     Ok(())
 }
 
-/// A wheel holding just `entries`, sized for them; each entry's key is updated.
+/// A wheel holding just the entries of `old`, sized for them; each session's key is updated.
 ///
 /// Used instead of `DelayQueue::compact`, which shrinks the wheel but from then on keeps a
 /// key-remapping table with an entry for every timer ever inserted (about 36 bytes per
 /// waiting session at a million).
-fn rebuilt(entries: &mut Entries, clock: &Clock) -> DelayQueue<SessionId> {
-    let mut queue = DelayQueue::with_capacity(entries.len());
-    for (id, (key, at)) in entries.iter_mut() {
-        *key = queue.insert_at(id.clone(), clock.instant_at(*at));
-    }
+fn rebuilt(old: &DelayQueue<SessionId>, registry: &Registry) -> DelayQueue<SessionId> {
+    let mut queue = DelayQueue::with_capacity(old.len());
+    registry.rekey_timers(|id, key| queue.insert_at(id.clone(), old.deadline(&key)));
     queue
 }
 
-/// Each session's entry in the wheel, and the time it is set for.
-type Entries = HashMap<SessionId, (Key, Time), foldhash::fast::RandomState>;
-
 async fn run(registry: Weak<Registry>, clock: Clock, arms: Arc<Arms>) {
     let mut queue: DelayQueue<SessionId> = DelayQueue::new();
-    let mut entries = Entries::default();
     let mut batch = Vec::new();
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -146,17 +143,16 @@ async fn run(registry: Weak<Registry>, clock: Clock, arms: Arc<Arms>) {
         loop {
             arms.next_wake.store(AWAKE, Ordering::SeqCst);
             arms.take(&mut batch);
-            for (id, at) in batch.drain(..) {
-                let when = clock.instant_at(at);
-                match entries.get_mut(&id) {
-                    Some((key, armed)) => {
-                        queue.reset_at(key, when);
-                        *armed = at;
-                    }
-                    None => {
-                        let key = queue.insert_at(id.clone(), when);
-                        entries.insert(id, (key, at));
-                    }
+            if !batch.is_empty() {
+                let Some(registry) = registry.upgrade() else {
+                    return;
+                };
+                for (id, at) in batch.drain(..) {
+                    let when = clock.instant_at(at);
+                    registry.with_timer_key(&id, |key| match key {
+                        Some(key) => queue.reset_at(key, when),
+                        None => *key = Some(queue.insert_at(id.clone(), when)),
+                    });
                 }
             }
             let next = queue.peek().map_or(u64::MAX, |key| {
@@ -180,10 +176,8 @@ async fn run(registry: Weak<Registry>, clock: Clock, arms: Arc<Arms>) {
                 let Some(registry) = registry.upgrade() else { break };
                 let mut due = expired;
                 for handled in 1.. {
-                    let id = due.into_inner();
-                    if let Some((_, at)) = entries.remove(&id) {
-                        registry.on_timer(&id, at);
-                    }
+                    let key = due.key();
+                    registry.on_timer(&due.into_inner(), key);
                     if handled == EXPIRY_BATCH {
                         break;
                     }
@@ -198,11 +192,10 @@ async fn run(registry: Weak<Registry>, clock: Clock, arms: Arc<Arms>) {
             _ = housekeeping.tick() => {
                 // After a burst of sessions is gone, tables sized for the burst would keep
                 // its memory for good.
-                if entries.len() < entries.capacity() / 4 {
-                    entries.shrink_to_fit();
-                    queue = rebuilt(&mut entries, &clock);
-                }
                 let Some(registry) = registry.upgrade() else { break };
+                if queue.len() < queue.capacity() / 4 {
+                    queue = rebuilt(&queue, &registry);
+                }
                 registry.shrink_if_sparse();
             }
         }
