@@ -308,11 +308,18 @@ impl Registry {
         Some(Report::of(entry.key(), &entry.session))
     }
 
-    /// The timer task's access to `id`'s wheel key (if the session is still held), under the
-    /// session's lock: only the timer task reads or writes it.
-    pub(crate) fn with_timer_key(&self, id: &SessionId, f: impl FnOnce(&mut Option<TimerKey>)) {
+    /// `id`'s wheel key, or `None` if the session is gone. Only the timer task reads or
+    /// writes keys, so it may work on the wheel between reading a key and storing a new one
+    /// without holding the session's lock: the wheel may grow (copying all its entries), and
+    /// no RPC should wait for that.
+    pub(crate) fn timer_key(&self, id: &SessionId) -> Option<Option<TimerKey>> {
+        self.sessions.get(id.as_str()).map(|entry| entry.timer)
+    }
+
+    /// Stores `id`'s new wheel key (see [`Registry::timer_key`]).
+    pub(crate) fn set_timer_key(&self, id: &SessionId, key: TimerKey) {
         if let Some(mut entry) = self.sessions.get_mut(id.as_str()) {
-            f(&mut entry.timer);
+            entry.timer = Some(key);
         }
     }
 

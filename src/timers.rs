@@ -149,10 +149,14 @@ async fn run(registry: Weak<Registry>, clock: Clock, arms: Arc<Arms>) {
                 };
                 for (id, at) in batch.drain(..) {
                     let when = clock.instant_at(at);
-                    registry.with_timer_key(&id, |key| match key {
-                        Some(key) => queue.reset_at(key, when),
-                        None => *key = Some(queue.insert_at(id.clone(), when)),
-                    });
+                    match registry.timer_key(&id) {
+                        Some(Some(key)) => queue.reset_at(&key, when),
+                        Some(None) => {
+                            let key = queue.insert_at(id.clone(), when);
+                            registry.set_timer_key(&id, key);
+                        }
+                        None => {} // Dropped since it asked.
+                    }
                 }
             }
             let next = queue.peek().map_or(u64::MAX, |key| {
