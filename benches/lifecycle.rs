@@ -406,8 +406,36 @@ async fn throughput(args: &Args, server: &Server, label: &str, report: &mut Repo
     // Warm-up: connections, buffers, allocator, both code paths.
     closed_loop(&channels, args.concurrency, args.warmup, Work::Lifecycle).await;
     closed_loop(&channels, args.concurrency, args.warmup, Work::Health).await;
+    // CPU time of each side, per run: client and server share the cores, so the RPC rates
+    // mix the two, and these tell which side a difference comes from.
+    let cpu = || (cpu_seconds(server.pid()), cpu_seconds(std::process::id()));
+    let before = cpu();
     let lifecycle = closed_loop(&channels, args.concurrency, args.duration, Work::Lifecycle).await;
+    let between = cpu();
     let health = closed_loop(&channels, args.concurrency, args.duration, Work::Health).await;
+    let after = cpu();
+    let per_rpc = |seconds: f64, r: &LoopResult| seconds / r.rpcs.max(1) as f64 * 1e6;
+    for (side, lifecycle_us, health_us) in [
+        (
+            "server",
+            per_rpc(between.0 - before.0, &lifecycle),
+            per_rpc(after.0 - between.0, &health),
+        ),
+        (
+            "bench client",
+            per_rpc(between.1 - before.1, &lifecycle),
+            per_rpc(after.1 - between.1, &health),
+        ),
+    ] {
+        report.row(
+            label,
+            &format!("{side} CPU per RPC: lifecycle / health"),
+            format!(
+                "{lifecycle_us:.1} / {health_us:.1} us ({:.2}x)",
+                lifecycle_us / health_us.max(1e-9)
+            ),
+        );
+    }
     report.row(
         label,
         "lifecycle sessions/s (EndCall+Done+Close)",
