@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use endcall_sidecar::proto::v1 as pb;
-use tonic::{codegen::http::uri::PathAndQuery, Code, Status};
+use tonic::{Code, Status};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 /// Calls GetTool until `accept` holds for its result, failing the test after PATIENCE.
@@ -45,20 +45,8 @@ async fn health_ok(server: &TestServer) {
 async fn a_request_over_the_concurrency_limit_is_refused_at_once() {
     let server = TestServer::start(&["--max-concurrent-requests", "1"]).await;
     // A unary call whose request message never comes: the server's handler waits for it
-    // while holding the one permit. (A client-streaming call on a unary method: headers are
-    // sent at once, the body never.)
-    let channel = server.channel().await;
-    let held = tokio::spawn(async move {
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await.expect("ready");
-        let _ = grpc
-            .client_streaming::<_, pb::GetToolRequest, pb::ToolDefinition, _>(
-                tonic::Request::new(tokio_stream::pending()),
-                PathAndQuery::from_static("/endcall.v1.EndCallService/GetTool"),
-                tonic_prost::ProstCodec::default(),
-            )
-            .await;
-    });
+    // while holding the one permit.
+    let held = hold_the_only_permit(server.channel().await);
 
     let mut client = server.client().await;
     let refused = get_tool_until(&mut client, "refused while the permit is held", |r| {

@@ -602,20 +602,8 @@ async fn metrics_count_shed_requests_and_refused_watchers_and_report_live_tasks(
     let refused = c.watch_session(watch("w-2", 0)).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted);
 
-    // A unary call whose message never comes holds the one request permit (see tests/limits.rs).
-    let held = tokio::spawn(async move {
-        let mut grpc = tonic::client::Grpc::new(channel);
-        grpc.ready().await.unwrap();
-        let _ = grpc
-            .client_streaming::<_, pb::GetToolRequest, pb::ToolDefinition, _>(
-                tonic::Request::new(tokio_stream::pending()),
-                tonic::codegen::http::uri::PathAndQuery::from_static(
-                    "/endcall.v1.EndCallService/GetTool",
-                ),
-                tonic_prost::ProstCodec::default(),
-            )
-            .await;
-    });
+    // A unary call whose message never comes holds the one request permit.
+    let held = hold_the_only_permit(channel);
     let deadline = Instant::now() + PATIENCE;
     loop {
         match c.get_tool(pb::GetToolRequest::default()).await {

@@ -167,3 +167,32 @@ pub async fn assert_ends(stream: &mut Streaming<Directive>) {
         .expect("stream ends with OK");
     assert!(end.is_none(), "unexpected directive {end:?}");
 }
+
+/// Takes the server's one request permit (`--max-concurrent-requests 1`) and keeps it: a
+/// client-streaming call on the unary `GetTool` sends its headers at once and its message
+/// never, so the handler waits holding the permit. A probe of the caller's may hold the permit
+/// at the moment this call arrives, and then this call is the one shed: it tries again until
+/// it is admitted (an admitted call never returns). Abort the task to give the permit back.
+pub fn hold_the_only_permit(channel: Channel) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.expect("ready");
+            let result = grpc
+                .client_streaming::<_, pb::GetToolRequest, pb::ToolDefinition, _>(
+                    tonic::Request::new(tokio_stream::pending()),
+                    tonic::codegen::http::uri::PathAndQuery::from_static(
+                        "/endcall.v1.EndCallService/GetTool",
+                    ),
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await;
+            match result {
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ => return,
+            }
+        }
+    })
+}
