@@ -235,8 +235,7 @@ pub enum ShutdownCause {
 }
 
 /// What the worker is told to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Directive {
     ShutdownSession {
         cause: ShutdownCause,
@@ -247,6 +246,18 @@ pub enum Directive {
     },
     /// Max call duration reached: ask the agent to say goodbye and end the call.
     WindUp,
+}
+
+impl Directive {
+    /// Its name in logs and metric labels.
+    pub const fn kind(self) -> &'static str {
+        match self {
+            Directive::ShutdownSession { .. } => "shutdown_session",
+            Directive::DeleteRoom => "delete_room",
+            Directive::ShutdownJob { .. } => "shutdown_job",
+            Directive::WindUp => "wind_up",
+        }
+    }
 }
 
 /// The most directives one session can issue: each kind at most once (one SHUTDOWN_SESSION,
@@ -270,17 +281,11 @@ impl Serialize for IssuedDirective {
         let mut map = s.serialize_map(None)?;
         map.serialize_entry("seq", &self.seq)?;
         map.serialize_entry("at", &self.at)?;
+        map.serialize_entry("kind", self.directive.kind())?;
         match self.directive {
-            Directive::ShutdownSession { cause } => {
-                map.serialize_entry("kind", "shutdown_session")?;
-                map.serialize_entry("cause", &cause)?;
-            }
-            Directive::DeleteRoom => map.serialize_entry("kind", "delete_room")?,
-            Directive::ShutdownJob { reason } => {
-                map.serialize_entry("kind", "shutdown_job")?;
-                map.serialize_entry("reason", &reason)?;
-            }
-            Directive::WindUp => map.serialize_entry("kind", "wind_up")?,
+            Directive::ShutdownSession { cause } => map.serialize_entry("cause", &cause)?,
+            Directive::ShutdownJob { reason } => map.serialize_entry("reason", &reason)?,
+            Directive::DeleteRoom | Directive::WindUp => {}
         }
         map.end()
     }

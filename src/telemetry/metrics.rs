@@ -11,7 +11,7 @@ use metrics::{
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use tonic::Code;
 
-use crate::domain::{CloseReason, Directive, Outcome, State};
+use crate::domain::{CloseReason, Directive, Outcome, ShutdownCause, State};
 
 pub const RPC_REQUESTS: &str = "endcall_rpc_requests_total";
 pub const RPC_DURATION: &str = "endcall_rpc_duration_seconds";
@@ -65,7 +65,18 @@ const METHODS: [&str; 8] = [
 ];
 
 /// Directive kinds, as labelled.
-const DIRECTIVE_KINDS: [&str; 4] = ["shutdown_session", "delete_room", "shutdown_job", "wind_up"];
+const DIRECTIVE_KINDS: [&str; 4] = [
+    Directive::ShutdownSession {
+        cause: ShutdownCause::ToolTurnDone,
+    }
+    .kind(),
+    Directive::DeleteRoom.kind(),
+    Directive::ShutdownJob {
+        reason: CloseReason::Error,
+    }
+    .kind(),
+    Directive::WindUp.kind(),
+];
 
 /// The series on every RPC's path, registered once. A labelled macro call builds its label
 /// list and looks the series up in the recorder each time; these are looked up by index. Set
@@ -230,13 +241,11 @@ pub fn end_call_to_shutdown(elapsed: Duration) {
 
 pub fn directive(directive: &Directive) {
     let Some(handles) = HANDLES.get() else { return };
-    let kind = match directive {
-        Directive::ShutdownSession { .. } => 0,
-        Directive::DeleteRoom => 1,
-        Directive::ShutdownJob { .. } => 2,
-        Directive::WindUp => 3,
-    };
-    handles.directives[kind].increment(1);
+    let kind = directive.kind();
+    match DIRECTIVE_KINDS.iter().position(|k| *k == kind) {
+        Some(index) => handles.directives[index].increment(1),
+        None => counter!(DIRECTIVES, "kind" => kind).increment(1),
+    }
 }
 
 pub fn timers_pending(n: usize) {
