@@ -137,21 +137,8 @@ pub struct OptionsPatch {
 }
 
 impl OptionsPatch {
-    /// Fills the gaps from `defaults`. Options equal to the defaults share the defaults'
-    /// allocation, which keeps the common case (no per-session options) at one pointer per
-    /// session.
-    pub fn resolve(self, defaults: &Arc<Options>) -> Arc<Options> {
-        if self == OptionsPatch::default() {
-            return Arc::clone(defaults);
-        }
-        let resolved = self.over(defaults);
-        if resolved == **defaults {
-            return Arc::clone(defaults);
-        }
-        Arc::new(resolved)
-    }
-
-    /// The options this patch makes of `defaults`, not yet shared.
+    /// Fills the gaps from `defaults`. Sharing the result between sessions is the caller's
+    /// (`convert::options`).
     pub fn over(self, defaults: &Options) -> Options {
         Options {
             delete_room: self.delete_room.unwrap_or(defaults.delete_room),
