@@ -5,6 +5,8 @@
 
 use std::{fmt, ops::Add, sync::Arc, time::Duration};
 
+use arcstr::ArcStr;
+
 use serde::Serialize;
 
 /// A point in time, in microseconds since the Unix epoch.
@@ -44,14 +46,16 @@ impl Add<Duration> for Time {
 
 /// The id of one agent session (one call), chosen by the worker.
 ///
-/// Shared (`Arc`) because the registry's map, its timer queue and watch streams all hold it.
+/// Shared because the registry's map, its timer queue and watch streams all hold it; an
+/// `ArcStr` is one pointer wide (its length lives in the allocation), where an `Arc<str>` is
+/// two, and a million waiting sessions hold an id in each map slot and each wheel entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct SessionId(Arc<str>);
+pub struct SessionId(ArcStr);
 
 impl SessionId {
     pub fn new(id: &str) -> Self {
-        Self(Arc::from(id))
+        Self(ArcStr::from(id))
     }
 
     pub fn as_str(&self) -> &str {
@@ -73,15 +77,16 @@ impl fmt::Display for SessionId {
 
 /// The id of one speech (a turn) of the agent session, chosen by the framework.
 ///
-/// Shared (`Arc`) because a session keeps the same id in several places (its tool speeches,
-/// its recent speeches, its timeline): one allocation per distinct id.
+/// Shared because a session keeps the same id in several places (its tool speeches, its
+/// recent speeches, its timeline): one allocation per distinct id. One pointer wide, like
+/// [`SessionId`]: the timeline entries that hold it then fit in 32 bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
-pub struct SpeechId(Arc<str>);
+pub struct SpeechId(ArcStr);
 
 impl SpeechId {
     pub fn new(id: &str) -> Self {
-        Self(Arc::from(id))
+        Self(ArcStr::from(id))
     }
 
     pub fn as_str(&self) -> &str {

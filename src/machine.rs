@@ -114,6 +114,19 @@ struct Closure {
     first_directive: usize,
 }
 
+/// What most sessions never need, or need only once they end: boxed together, so a waiting
+/// session pays one pointer for all of it. A waiting session's registry entry must stay
+/// within the allocator's 224-byte size class (see `registry.rs`), and each of these was a
+/// pointer of its own.
+#[derive(Debug, Default)]
+struct Extras {
+    /// Extension: the maximum duration, and when `WIND_UP` is due.
+    max_duration: Option<(Duration, Time)>,
+    /// Extension (early reply capture): a speech created while `ENDING`, and whether it is done.
+    early_reply: Option<(SpeechId, bool)>,
+    closure: Option<Closure>,
+}
+
 /// One session's end-call state.
 #[derive(Debug)]
 pub struct Session {
@@ -123,21 +136,16 @@ pub struct Session {
     options_fixed: bool,
     capabilities: Capabilities,
     created_at: Time,
-    /// Extension: the maximum duration, and when `WIND_UP` is due. Boxed, like `early_reply`:
-    /// few sessions set one, and every live session would pay for the room.
-    max_duration: Option<Box<(Duration, Time)>>,
     wind_up_issued: bool,
     /// Almost always one: inline, so the common session allocates nothing for it.
     tool_speeches: SmallVec<[ToolSpeech; 1]>,
     waiters: SmallVec<[Waiter; 1]>,
-    /// Extension (early reply capture): a speech created while `ENDING`, and whether it is done.
-    early_reply: Option<Box<(SpeechId, bool)>>,
     /// A `Vec`, not a ring: dropping the oldest of a full one is rare, and a `Vec` is 8 bytes
     /// narrower in every session.
     recent: Vec<RecentSpeech>,
     shutdown: Option<(ShutdownCause, Time)>,
-    /// Boxed, like `early_reply`: rare or late, they should not widen every live session.
-    closure: Option<Box<Closure>>,
+    /// `None` until a session needs one of its rare or late parts.
+    extras: Option<Box<Extras>>,
     directives: Vec<IssuedDirective>,
     timeline: Vec<TimelineEntry>,
     timeline_dropped: u32,
@@ -150,14 +158,12 @@ impl Session {
             options_fixed: false,
             capabilities: Capabilities::default(),
             created_at: now,
-            max_duration: None,
             wind_up_issued: false,
             tool_speeches: SmallVec::new(),
             waiters: SmallVec::new(),
-            early_reply: None,
             recent: Vec::new(),
             shutdown: None,
-            closure: None,
+            extras: None,
             directives: Vec::new(),
             timeline: Vec::new(),
             timeline_dropped: 0,
@@ -190,7 +196,7 @@ impl Session {
                 tool_output_given,
             } => self.speech_done(speech, interrupted, capabilities, tool_output_given, now),
             Event::SessionClose { reason, error } => {
-                if let Some(closure) = &self.closure {
+                if let Some(closure) = self.closure() {
                     // A repeated close answers what the first one produced.
                     let first = closure.first_directive;
                     self.record(now, EventRecord::Close { reason }, true);
@@ -226,7 +232,7 @@ impl Session {
             Event::EndCall { options, .. } => options,
             _ => return Ok(()),
         };
-        if self.closure.is_some() {
+        if self.is_closed() {
             return Err(Rejection::Closed);
         }
         match options {
@@ -244,12 +250,12 @@ impl Session {
         now: Time,
     ) -> bool {
         let new_options = options.is_some() && !self.options_fixed;
-        let new_max = max_duration.is_some() && self.max_duration.is_none();
+        let new_max = max_duration.is_some() && self.max_duration_at().is_none();
         let duplicate =
             !new_options && !new_max && self.timeline_has(|r| matches!(r, EventRecord::Open));
         self.fix_options(options);
         if let (Some(max), None) = (max_duration, self.max_duration_at()) {
-            self.max_duration = Some(Box::new((max, now + max)));
+            self.extras_mut().max_duration = Some((max, now + max));
         }
         self.record(now, EventRecord::Open, duplicate);
         duplicate
@@ -307,7 +313,7 @@ impl Session {
             return true;
         }
         self.remember(&speech).created = true;
-        if self.closure.is_some() || self.shutdown.is_some() {
+        if self.is_closed() || self.shutdown.is_some() {
             return false;
         }
         let mut captured = false;
@@ -321,8 +327,12 @@ impl Session {
             }
         }
         let ending = self.tool_speeches.iter().any(|t| !t.done);
-        if !captured && ending && self.options.early_reply_capture && self.early_reply.is_none() {
-            self.early_reply = Some(Box::new((speech, false)));
+        if !captured
+            && ending
+            && self.options.early_reply_capture
+            && self.extras().is_none_or(|e| e.early_reply.is_none())
+        {
+            self.extras_mut().early_reply = Some((speech, false));
         }
         false
     }
@@ -350,7 +360,7 @@ impl Session {
             return true;
         }
         self.remember(&speech).done = true;
-        if self.closure.is_some() {
+        if self.is_closed() {
             return false;
         }
         // The model in use when the tool's speech is done decides (the reference reads it then).
@@ -364,7 +374,11 @@ impl Session {
         {
             self.shut_down(ShutdownCause::ReplyPlayedOut, now);
         }
-        if let Some((early, done)) = self.early_reply.as_deref_mut() {
+        if let Some((early, done)) = self
+            .extras
+            .as_deref_mut()
+            .and_then(|e| e.early_reply.as_mut())
+        {
             if *early == speech {
                 *done = true;
             }
@@ -394,7 +408,11 @@ impl Session {
             self.shut_down(ShutdownCause::ToolTurnDone, now);
             return;
         }
-        match self.early_reply.take().map(|early| *early) {
+        match self
+            .extras
+            .as_deref_mut()
+            .and_then(|e| e.early_reply.take())
+        {
             Some((_, true)) => self.shut_down(ShutdownCause::ReplyPlayedOut, now),
             Some((reply, false)) => self.waiters.push(Waiter::Playing { reply, since: now }),
             None => self.waiters.push(Waiter::Awaiting {
@@ -416,28 +434,29 @@ impl Session {
             self.issue(Directive::ShutdownJob { reason }, now);
         }
         self.waiters.clear();
-        self.closure = Some(Box::new(Closure {
+        self.extras_mut().closure = Some(Closure {
             at: now,
             reason: Some(reason),
             error,
             first_directive,
-        }));
+        });
     }
 
     /// Ends a session whose worker went away without closing it. Issues nothing: there is
     /// nobody left to carry a directive out. Returns whether the session was still live.
     pub fn expire(&mut self, now: Time) -> bool {
-        if self.closure.is_some() {
+        if self.is_closed() {
             return false;
         }
         self.record(now, EventRecord::Expired, false);
         self.waiters.clear();
-        self.closure = Some(Box::new(Closure {
+        let first_directive = self.directives.len();
+        self.extras_mut().closure = Some(Closure {
             at: now,
             reason: None,
             error: None,
-            first_directive: self.directives.len(),
-        }));
+            first_directive,
+        });
         true
     }
 
@@ -445,7 +464,7 @@ impl Session {
     /// guard and the maximum call duration.
     pub fn on_time(&mut self, now: Time, timing: &Timing) -> Vec<IssuedDirective> {
         let first_new = self.directives.len();
-        if self.closure.is_none() && self.shutdown.is_none() {
+        if !self.is_closed() && self.shutdown.is_none() {
             if let Some((_, wind_up_at)) = self.max_duration_at() {
                 if !self.wind_up_issued && wind_up_at <= now {
                     self.wind_up_issued = true;
@@ -468,7 +487,7 @@ impl Session {
 
     /// When `on_time` next has something to do, if ever.
     pub fn next_deadline(&self, timing: &Timing) -> Option<Time> {
-        if self.closure.is_some() || self.shutdown.is_some() {
+        if self.is_closed() || self.shutdown.is_some() {
             return None;
         }
         let wind_up = self
@@ -507,7 +526,7 @@ impl Session {
 
     fn shut_down(&mut self, cause: ShutdownCause, now: Time) {
         // The first SHUTDOWN_SESSION wins; nothing is issued twice.
-        if self.shutdown.is_some() || self.closure.is_some() {
+        if self.shutdown.is_some() || self.is_closed() {
             return;
         }
         self.shutdown = Some((cause, now));
@@ -591,7 +610,7 @@ impl Session {
 
     /// The contract's state; with several end_calls, the most advanced one.
     pub fn state(&self) -> State {
-        if self.closure.is_some() {
+        if self.is_closed() {
             State::Closed
         } else if self.shutdown.is_some() {
             State::ShuttingDown
@@ -615,7 +634,7 @@ impl Session {
         if let Some((cause, _)) = self.shutdown {
             return Some(Outcome::Shutdown(cause));
         }
-        let closure = self.closure.as_ref()?;
+        let closure = self.closure()?;
         Some(match closure.reason {
             None => Outcome::Expired,
             Some(_) if self.tool_speeches.is_empty() => Outcome::ClosedWithoutEndCall,
@@ -642,7 +661,7 @@ impl Session {
 
     /// The maximum duration and when `WIND_UP` is due, if the session set one.
     fn max_duration_at(&self) -> Option<(Duration, Time)> {
-        self.max_duration.as_deref().copied()
+        self.extras().and_then(|e| e.max_duration)
     }
 
     pub fn created_at(&self) -> Time {
@@ -658,19 +677,31 @@ impl Session {
     }
 
     pub fn closed_at(&self) -> Option<Time> {
-        self.closure.as_ref().map(|c| c.at)
+        self.closure().map(|c| c.at)
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.closure.as_ref().and_then(|c| c.reason)
+        self.closure().and_then(|c| c.reason)
     }
 
     pub fn close_error(&self) -> Option<&str> {
-        self.closure.as_ref().and_then(|c| c.error.as_deref())
+        self.closure().and_then(|c| c.error.as_deref())
     }
 
     pub fn is_closed(&self) -> bool {
-        self.closure.is_some()
+        self.closure().is_some()
+    }
+
+    fn closure(&self) -> Option<&Closure> {
+        self.extras()?.closure.as_ref()
+    }
+
+    fn extras(&self) -> Option<&Extras> {
+        self.extras.as_deref()
+    }
+
+    fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
     }
 
     /// Every directive issued so far, in sequence order.

@@ -14,8 +14,9 @@ use endcall_sidecar::{
 use tracing::{error, info};
 
 /// mimalloc rather than glibc's malloc: faster for a multithreaded server that allocates small
-/// objects per request, and it returns freed memory to the system, so RSS comes back down after
-/// a burst of sessions is gone.
+/// objects per request, and it returns freed memory to the system (nudged by the timer task
+/// when idle, see `timers.rs`), so RSS comes back down after a burst of sessions is gone. Built
+/// with `no_thp`: with transparent huge pages an idle sidecar's RSS was about 40 MiB, not 17.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
