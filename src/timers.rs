@@ -35,8 +35,9 @@ use crate::{
     telemetry::metrics,
 };
 
-/// How often the wheel and the session map give back memory after a large drop; also how
-/// soon the timer task notices that the registry is gone.
+/// How often the wheel and the session map give back memory after a large drop, and the
+/// allocator is nudged to return freed memory; also how soon the timer task notices that the
+/// registry is gone.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// Queued arms that wake the timer task even if none is due soon: bounds the queue's memory.
@@ -142,7 +143,7 @@ const NUDGE_BYTES: usize = 1 << 20;
 /// delay), but only from inside a later page free: an idle process frees none, so after a
 /// burst of sessions has gone, the memory they held stayed in RSS until traffic came back.
 /// Freeing a block this large frees its page, which runs the purges now due. It costs one
-/// allocation a second and touches no more than the page's header.
+/// allocation a second and writes nothing but the page's header.
 fn nudge_the_allocator() {
     drop(std::hint::black_box(Vec::<u8>::with_capacity(NUDGE_BYTES)));
 }
