@@ -10,9 +10,12 @@
 //! Arming must not cost a thread wake-up per event: most deadlines (a 30 s playout guard, a
 //! 2 h idle expiry) fall long after the wheel's next expiry anyway. So arms are queued, and the
 //! timer task is woken only when an arm is due before the time it will wake up by itself (it
-//! publishes that time), or when the queue has grown long enough to be worth draining.
+//! publishes that time), or when a queue has grown long enough to be worth draining. The queue
+//! is sharded by session: workers arming different sessions rarely meet on a lock, and one
+//! session's arms, made under its registry lock, stay in the order it made them.
 
 use std::{
+    hash::BuildHasher as _,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, Weak,
@@ -40,8 +43,12 @@ use crate::{
 /// registry is gone.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
-/// Queued arms that wake the timer task even if none is due soon: bounds the queue's memory.
+/// Queued arms in one shard that wake the timer task even if none is due soon: bounds the
+/// queue's memory.
 const DRAIN_AT: usize = 1024;
+
+/// Shards of the arm queue per core: enough that two workers seldom want the same one.
+const SHARDS_PER_CORE: usize = 4;
 
 /// Expiries handled in one go before the queued arms are looked at again: a burst of due
 /// deadlines is worked off at the wheel's pace, not one per round of arm bookkeeping.
@@ -60,9 +67,14 @@ pub enum TimerThread {
     Shared,
 }
 
+/// One shard's queued arms.
+type ArmQueue = Mutex<Vec<(SessionId, Time)>>;
+
 /// The registry's side: queues arms for the timer task.
 pub(crate) struct Arms {
-    queue: Mutex<Vec<(SessionId, Time)>>,
+    shards: Box<[ArmQueue]>,
+    /// Picks a session's shard; seeded per process, like the registry's map.
+    hasher: foldhash::fast::RandomState,
     /// When the timer task will next wake by itself (µs since the epoch), or `AWAKE`.
     next_wake: AtomicU64,
     wake: Notify,
@@ -70,18 +82,29 @@ pub(crate) struct Arms {
 
 impl Arms {
     pub(crate) fn new() -> Arc<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_shards(cores * SHARDS_PER_CORE)
+    }
+
+    fn with_shards(shards: usize) -> Arc<Self> {
         Arc::new(Self {
-            queue: Mutex::new(Vec::new()),
+            shards: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
+            hasher: foldhash::fast::RandomState::default(),
             next_wake: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
         })
     }
 
+    fn shard(&self, id: &SessionId) -> &ArmQueue {
+        let hash = self.hasher.hash_one(id.as_str());
+        // The modulo of a u64 by the shard count is below it, so it fits a usize.
+        &self.shards[(hash % self.shards.len() as u64) as usize]
+    }
+
     /// Asks for `id`'s timer to fire at `at` (moving its entry if it has one).
     pub(crate) fn arm(&self, id: SessionId, at: Time) {
         let queued = {
-            // A poisoned lock only means a panic elsewhere mid-push; the queue is still whole.
-            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut queue = lock(self.shard(&id));
             queue.push((id, at));
             queue.len()
         };
@@ -94,10 +117,22 @@ impl Arms {
         }
     }
 
+    /// Moves every queued arm into `into`, each shard's in the order they were made. The
+    /// shards keep their capacity, so steady traffic queues without allocating.
     fn take(&self, into: &mut Vec<(SessionId, Time)>) {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::swap(&mut *queue, into);
+        for shard in &self.shards {
+            into.append(&mut lock(shard));
+        }
     }
+
+    fn is_empty(&self) -> bool {
+        self.shards.iter().all(|shard| lock(shard).is_empty())
+    }
+}
+
+/// A poisoned shard only means a panic elsewhere mid-push; its queue is still whole.
+fn lock(shard: &ArmQueue) -> std::sync::MutexGuard<'_, Vec<(SessionId, Time)>> {
+    shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 pub(crate) fn spawn(
@@ -179,12 +214,7 @@ async fn run(registry: Weak<Registry>, clock: Clock, arms: Arc<Arms>) {
                 clock.time_at(queue.deadline(&key)).as_micros()
             });
             arms.next_wake.store(next, Ordering::SeqCst);
-            if arms
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
-            {
+            if arms.is_empty() {
                 break;
             }
         }
@@ -220,5 +250,85 @@ async fn run(registry: Weak<Registry>, clock: Clock, arms: Arc<Arms>) {
                 nudge_the_allocator();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The arm queue on its own; the wheel is covered by the registry's paused-clock tests.
+
+    use super::*;
+
+    fn at(micros: u64) -> Time {
+        Time::from_micros(micros)
+    }
+
+    fn woken(arms: &Arms) -> bool {
+        arms.wake.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn a_sessions_arms_come_out_in_the_order_it_made_them_whatever_their_shards() {
+        let arms = Arms::with_shards(8);
+        let ids: Vec<SessionId> = (0..64).map(|i| SessionId::new(&format!("s-{i}"))).collect();
+        // Interleaved across sessions, each moving its deadline earlier three times.
+        for round in 0..3u64 {
+            for id in &ids {
+                arms.arm(id.clone(), at(1_000 - round));
+            }
+        }
+        let used = arms.shards.iter().filter(|s| !lock(s).is_empty()).count();
+        assert!(used > 1, "64 sessions all in one shard of 8");
+        let mut taken = Vec::new();
+        arms.take(&mut taken);
+        assert_eq!(taken.len(), 3 * ids.len());
+        for id in &ids {
+            let times: Vec<u64> = taken
+                .iter()
+                .filter(|(armed, _)| armed == id)
+                .map(|(_, t)| t.as_micros())
+                .collect();
+            assert_eq!(times, [1_000, 999, 998], "{id:?}");
+        }
+    }
+
+    #[test]
+    fn take_empties_every_shard_and_they_keep_their_capacity() {
+        let arms = Arms::with_shards(4);
+        for i in 0..100 {
+            arms.arm(SessionId::new(&format!("s-{i}")), at(i));
+        }
+        assert!(!arms.is_empty());
+        let mut taken = Vec::new();
+        arms.take(&mut taken);
+        assert_eq!(taken.len(), 100);
+        assert!(arms.is_empty());
+        assert!(arms.shards.iter().any(|s| lock(s).capacity() > 0));
+    }
+
+    #[test]
+    fn an_arm_wakes_the_task_only_if_due_before_its_own_wake_up_or_a_shard_is_full() {
+        let arms = Arms::with_shards(1);
+        let id = SessionId::new("s");
+        // Before the task has published anything it sleeps until "never": any arm wakes it.
+        arms.arm(id.clone(), at(5_000));
+        assert!(woken(&arms));
+        arms.take(&mut Vec::new());
+
+        arms.next_wake.store(1_000, Ordering::SeqCst);
+        arms.arm(id.clone(), at(2_000));
+        assert!(!woken(&arms), "due after the task wakes anyway");
+        arms.arm(id.clone(), at(500));
+        assert!(woken(&arms), "due before the task would wake");
+
+        // While the task is draining (AWAKE) no arm wakes it, until a shard is full.
+        arms.next_wake.store(AWAKE, Ordering::SeqCst);
+        arms.take(&mut Vec::new());
+        for _ in 1..DRAIN_AT {
+            arms.arm(id.clone(), at(1));
+        }
+        assert!(!woken(&arms));
+        arms.arm(id.clone(), at(1));
+        assert!(woken(&arms), "the {DRAIN_AT}th queued arm");
     }
 }
