@@ -23,6 +23,7 @@ use std::{
     time::Duration,
 };
 
+use crossbeam_utils::CachePadded;
 use futures_util::FutureExt as _;
 use tokio::sync::Notify;
 use tokio_stream::StreamExt as _;
@@ -67,8 +68,9 @@ pub enum TimerThread {
     Shared,
 }
 
-/// One shard's queued arms.
-type ArmQueue = Mutex<Vec<(SessionId, Time)>>;
+/// One shard's queued arms, on a cache line of its own so that two workers pushing to
+/// neighbouring shards do not contend anyway.
+type ArmQueue = CachePadded<Mutex<Vec<(SessionId, Time)>>>;
 
 /// The registry's side: queues arms for the timer task.
 pub(crate) struct Arms {
@@ -88,7 +90,7 @@ impl Arms {
 
     fn with_shards(shards: usize) -> Arc<Self> {
         Arc::new(Self {
-            shards: (0..shards.max(1)).map(|_| Mutex::default()).collect(),
+            shards: (0..shards.max(1)).map(|_| ArmQueue::default()).collect(),
             hasher: foldhash::fast::RandomState::default(),
             next_wake: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
@@ -131,7 +133,9 @@ impl Arms {
 }
 
 /// A poisoned shard only means a panic elsewhere mid-push; its queue is still whole.
-fn lock(shard: &ArmQueue) -> std::sync::MutexGuard<'_, Vec<(SessionId, Time)>> {
+fn lock(
+    shard: &Mutex<Vec<(SessionId, Time)>>,
+) -> std::sync::MutexGuard<'_, Vec<(SessionId, Time)>> {
     shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 
