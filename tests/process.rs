@@ -161,6 +161,54 @@ async fn json_logs_carry_one_end_of_call_report_per_session() {
     assert!(!logs.contains("secret caller detail"), "{logs}");
 }
 
+#[tokio::test]
+async fn the_report_target_can_be_turned_off_alone() {
+    let mut sidecar = Sidecar::start(&[
+        "--log-format",
+        "json",
+        "--log-level",
+        "info,endcall::report=off",
+    ]);
+    let channel = probe::connect(&sidecar.addr, PATIENCE).await.unwrap();
+    let mut c = EndCallServiceClient::new(channel);
+    c.end_call(end_call("unlogged", "S")).await.unwrap();
+    c.on_speech_done(done("unlogged", "S")).await.unwrap();
+    c.on_session_close(close("unlogged", CloseReason::UserInitiated))
+        .await
+        .unwrap();
+    // The report is still there for GetSession; only its log line is gone.
+    let report = c
+        .get_session(endcall_sidecar::proto::v1::GetSessionRequest {
+            session_id: "unlogged".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(report.directives.len(), 3);
+    sidecar.signal("TERM");
+    assert!(sidecar.wait().await.success());
+
+    let logs = sidecar.stderr();
+    let info: Vec<String> = logs
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .filter(|l| l["level"] == "INFO")
+        .filter_map(|l| l["message"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        info,
+        [
+            "serving",
+            "SIGTERM received",
+            "shutdown requested: draining",
+            "stopped"
+        ],
+        "{logs}"
+    );
+}
+
 fn pb_close_with_error(session: &str) -> endcall_sidecar::proto::v1::OnSessionCloseRequest {
     endcall_sidecar::proto::v1::OnSessionCloseRequest {
         error_message: Some("secret caller detail".into()),
