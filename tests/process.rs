@@ -97,14 +97,7 @@ async fn probe_subcommand_exits_0_when_serving_and_1_otherwise() {
 #[tokio::test]
 async fn json_logs_carry_one_end_of_call_report_per_session() {
     // Our crate at DEBUG shows the per-RPC spans; the INFO lines are what production sees.
-    let mut sidecar = Sidecar::start(&[
-        "--log-format",
-        "json",
-        "--log-level",
-        "info,endcall_sidecar=debug",
-    ]);
-    let channel = probe::connect(&sidecar.addr, PATIENCE).await.unwrap();
-    let mut c = EndCallServiceClient::new(channel);
+    let (sidecar, mut c) = logging_json("info,endcall_sidecar=debug").await;
     c.end_call(end_call("logged", "S")).await.unwrap();
     c.on_speech_done(done("logged", "S")).await.unwrap();
     for _ in 0..2 {
@@ -112,14 +105,7 @@ async fn json_logs_carry_one_end_of_call_report_per_session() {
             .await
             .unwrap();
     }
-    sidecar.signal("TERM");
-    assert!(sidecar.wait().await.success());
-
-    let logs = sidecar.stderr();
-    let lines: Vec<serde_json::Value> = logs
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
+    let (logs, lines) = stopped_json_logs(sidecar).await;
     let reports: Vec<&serde_json::Value> = lines
         .iter()
         .filter(|l| l["message"] == "session ended")
@@ -136,13 +122,8 @@ async fn json_logs_carry_one_end_of_call_report_per_session() {
         .count();
     assert_eq!(rpc_lines, 4, "one DEBUG line per healthy RPC: {logs}");
     // Healthy RPCs leave no line at INFO: only start-up, the report and the shutdown do.
-    let info: Vec<&str> = lines
-        .iter()
-        .filter(|l| l["level"] == "INFO")
-        .filter_map(|l| l["message"].as_str())
-        .collect();
     assert_eq!(
-        info,
+        info_messages(&lines),
         [
             "serving",
             "session ended",
@@ -163,14 +144,7 @@ async fn json_logs_carry_one_end_of_call_report_per_session() {
 
 #[tokio::test]
 async fn the_report_target_can_be_turned_off_alone() {
-    let mut sidecar = Sidecar::start(&[
-        "--log-format",
-        "json",
-        "--log-level",
-        "info,endcall::report=off",
-    ]);
-    let channel = probe::connect(&sidecar.addr, PATIENCE).await.unwrap();
-    let mut c = EndCallServiceClient::new(channel);
+    let (sidecar, mut c) = logging_json("info,endcall::report=off").await;
     c.end_call(end_call("unlogged", "S")).await.unwrap();
     c.on_speech_done(done("unlogged", "S")).await.unwrap();
     c.on_session_close(close("unlogged", CloseReason::UserInitiated))
@@ -185,20 +159,9 @@ async fn the_report_target_can_be_turned_off_alone() {
         .unwrap()
         .into_inner();
     assert_eq!(report.directives.len(), 3);
-    sidecar.signal("TERM");
-    assert!(sidecar.wait().await.success());
-
-    let logs = sidecar.stderr();
-    let info: Vec<String> = logs
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
-        })
-        .filter(|l| l["level"] == "INFO")
-        .filter_map(|l| l["message"].as_str().map(str::to_owned))
-        .collect();
+    let (logs, lines) = stopped_json_logs(sidecar).await;
     assert_eq!(
-        info,
+        info_messages(&lines),
         [
             "serving",
             "SIGTERM received",
@@ -207,6 +170,34 @@ async fn the_report_target_can_be_turned_off_alone() {
         ],
         "{logs}"
     );
+}
+
+/// A sidecar writing JSON log lines at `level`, and a client of it.
+async fn logging_json(level: &str) -> (Sidecar, EndCallServiceClient<tonic::transport::Channel>) {
+    let sidecar = Sidecar::start(&["--log-format", "json", "--log-level", level]);
+    let channel = probe::connect(&sidecar.addr, PATIENCE).await.unwrap();
+    (sidecar, EndCallServiceClient::new(channel))
+}
+
+/// Stops `sidecar` with SIGTERM; its stderr, and each of its lines parsed.
+async fn stopped_json_logs(mut sidecar: Sidecar) -> (String, Vec<serde_json::Value>) {
+    sidecar.signal("TERM");
+    assert!(sidecar.wait().await.success());
+    let logs = sidecar.stderr();
+    let lines = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (logs, lines)
+}
+
+/// The messages of the `INFO` lines, in order.
+fn info_messages(lines: &[serde_json::Value]) -> Vec<&str> {
+    lines
+        .iter()
+        .filter(|l| l["level"] == "INFO")
+        .filter_map(|l| l["message"].as_str())
+        .collect()
 }
 
 fn pb_close_with_error(session: &str) -> endcall_sidecar::proto::v1::OnSessionCloseRequest {
