@@ -246,7 +246,7 @@ impl Registry {
         };
         // Logged with the shard unlocked: formatting a report is slow next to a machine step.
         if let Some(report) = ended {
-            telemetry::session_ended(&report);
+            telemetry::session_ended(report);
         }
         Ok(applied)
     }
@@ -387,7 +387,7 @@ impl Registry {
             }
         };
         if let Some(report) = ended {
-            telemetry::session_ended(&report);
+            telemetry::session_ended(report);
         }
         if remove {
             // Dropping the entry drops its notifier, which ends any watch stream still open.

@@ -27,7 +27,7 @@ use crate::{
     proto::{self, v1::end_call_service_server::EndCallServiceServer},
     registry::Registry,
     service::EndCallApi,
-    telemetry::metrics,
+    telemetry::{self, metrics},
     timers::TimerThread,
     tls,
 };
@@ -255,6 +255,8 @@ pub async fn serve(
     if let Some(synced) = registry.sync_journal() {
         let _ = synced.await;
     }
+    // Reports are logged from a thread of their own: theirs come before the last line.
+    let _ = tokio::task::spawn_blocking(telemetry::flush_reports).await;
     info!("stopped");
     Ok(())
 }

@@ -2,12 +2,16 @@
 //! ends, and (in `metrics`) the Prometheus metrics.
 
 pub mod metrics;
+mod paced;
+mod reports;
 
 use tracing::{info, Level};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::{config::LogFormat, report::Report};
+
+use self::paced::Paced;
 
 /// Log lines queued for the writer thread at most. The queue is a ring that is allocated and
 /// written whole when the logger starts: at tracing-appender's default (128,000 lines, 32
@@ -25,7 +29,7 @@ const REPORT_TARGET: &str = "endcall::report";
 /// Lines are written by a background thread, so an RPC never waits on a slow stderr; none is
 /// dropped (the buffer applies back-pressure instead). Keep the guard until exit: dropping it
 /// flushes.
-pub fn init(format: LogFormat, level: &str) -> Result<WorkerGuard, String> {
+pub fn init(format: LogFormat, level: &str) -> Result<LogGuard, String> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => {
             EnvFilter::try_new(&spec).map_err(|e| format!("RUST_LOG={spec:?}: {e}"))?
@@ -35,7 +39,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<WorkerGuard, String> {
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(LOG_QUEUE_LINES)
-        .finish(std::io::stderr());
+        .finish(Paced::new(std::io::stderr(), paced::PACE));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -45,7 +49,17 @@ pub fn init(format: LogFormat, level: &str) -> Result<WorkerGuard, String> {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))?;
-    Ok(guard)
+    Ok(LogGuard {
+        _reports: reports::start(log_report)?,
+        _writer: guard,
+    })
+}
+
+/// Keep it until exit: dropping it writes out the reports and lines still queued.
+pub struct LogGuard {
+    // Fields drop in order: the queued reports become lines before the writer stops.
+    _reports: reports::ReportsGuard,
+    _writer: WorkerGuard,
 }
 
 /// Whether end-of-call reports are logged, so nobody builds one for nothing.
@@ -54,8 +68,18 @@ pub fn reports_enabled() -> bool {
 }
 
 /// The end-of-call report, logged once when a session closes or expires: the same content
-/// `GetSession` returns, minus the worker's error text.
-pub fn session_ended(report: &Report) {
+/// `GetSession` returns, minus the worker's error text. Formatted on the report thread.
+pub fn session_ended(report: Report) {
+    reports::submit(report, log_report);
+}
+
+/// Waits until the reports of the sessions that have ended are in the log (a second at most,
+/// should the log be stalled): the server calls it before its last line. It blocks the thread.
+pub fn flush_reports() {
+    reports::flush();
+}
+
+fn log_report(report: &Report) {
     let json = serde_json::to_string(report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     info!(
         target: REPORT_TARGET,
