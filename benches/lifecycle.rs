@@ -4,7 +4,8 @@
 //!
 //! Sections (`--sections`, comma-separated; default all):
 //! - `throughput`: N agents run whole sessions (EndCall, OnSpeechDone, OnSessionClose) for a
-//!   fixed time, then the same agents call grpc.health.v1 Check (the ceiling) on the same server.
+//!   fixed time, and the same agents call grpc.health.v1 Check (the ceiling) on the same server
+//!   for as long, the two taking turns in one-second slices.
 //! - `latency`: open-loop load at a fraction of the measured health ceiling, per-RPC p50/p99/p999
 //!   for the lifecycle RPCs and for health, measured in alternating one-second slices.
 //! - `h2load`: the same server measured by h2load (nghttp2), if installed: health Check and a
@@ -253,6 +254,7 @@ enum Work {
     Health,
 }
 
+#[derive(Default)]
 struct LoopResult {
     sessions: u64,
     rpcs: u64,
@@ -262,6 +264,14 @@ struct LoopResult {
 }
 
 impl LoopResult {
+    /// Adds a later slice of the same work.
+    fn merge(&mut self, slice: LoopResult) {
+        self.sessions += slice.sessions;
+        self.rpcs += slice.rpcs;
+        self.errors += slice.errors;
+        self.first_error = self.first_error.take().or(slice.first_error);
+        self.elapsed += slice.elapsed;
+    }
     fn rpc_rate(&self) -> f64 {
         self.rpcs as f64 / self.elapsed.as_secs_f64()
     }
@@ -362,7 +372,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 async fn timer_echo(args: &Args, server: &Server, t: &Throughput, report: &mut Report) {
     let guard = Duration::from_secs(30);
     let from = t.started + guard - Duration::from_secs(1);
-    let to = t.started + guard + 2 * args.warmup + args.duration + Duration::from_secs(2);
+    // Lifecycle sessions start throughout the run, in its slices of both kinds.
+    let to = t.started + guard + 2 * args.warmup + 2 * args.duration + Duration::from_secs(2);
     let quiet = from
         .saturating_duration_since(Instant::now())
         .min(Duration::from_secs(3));
@@ -409,22 +420,46 @@ async fn throughput(args: &Args, server: &Server, label: &str, report: &mut Repo
     // CPU time of each side, per run: client and server share the cores, so the RPC rates
     // mix the two, and these tell which side a difference comes from.
     let cpu = || (cpu_seconds(server.pid()), cpu_seconds(std::process::id()));
-    let before = cpu();
-    let lifecycle = closed_loop(&channels, args.concurrency, args.duration, Work::Lifecycle).await;
-    let between = cpu();
-    let health = closed_loop(&channels, args.concurrency, args.duration, Work::Health).await;
-    let after = cpu();
+    // Lifecycle and health take turns in slices (see `SLICE`), each kind going first in every
+    // other pair: the ratio compares the two on the same machine.
+    let (mut lifecycle, mut health) = (LoopResult::default(), LoopResult::default());
+    // CPU seconds of (server, bench client) spent on each kind.
+    let (mut lifecycle_cpu, mut health_cpu) = ((0.0, 0.0), (0.0, 0.0));
+    let mut left = args.duration;
+    let mut lifecycle_first = true;
+    while !left.is_zero() {
+        let slice = left.min(SLICE);
+        let order = if lifecycle_first {
+            [Work::Lifecycle, Work::Health]
+        } else {
+            [Work::Health, Work::Lifecycle]
+        };
+        for work in order {
+            let before = cpu();
+            let r = closed_loop(&channels, args.concurrency, slice, work).await;
+            let after = cpu();
+            let (total, spent) = match work {
+                Work::Lifecycle => (&mut lifecycle, &mut lifecycle_cpu),
+                Work::Health => (&mut health, &mut health_cpu),
+            };
+            total.merge(r);
+            spent.0 += after.0 - before.0;
+            spent.1 += after.1 - before.1;
+        }
+        left -= slice;
+        lifecycle_first = !lifecycle_first;
+    }
     let per_rpc = |seconds: f64, r: &LoopResult| seconds / r.rpcs.max(1) as f64 * 1e6;
     for (side, lifecycle_us, health_us) in [
         (
             "server",
-            per_rpc(between.0 - before.0, &lifecycle),
-            per_rpc(after.0 - between.0, &health),
+            per_rpc(lifecycle_cpu.0, &lifecycle),
+            per_rpc(health_cpu.0, &health),
         ),
         (
             "bench client",
-            per_rpc(between.1 - before.1, &lifecycle),
-            per_rpc(after.1 - between.1, &health),
+            per_rpc(lifecycle_cpu.1, &lifecycle),
+            per_rpc(health_cpu.1, &health),
         ),
     ] {
         report.row(
@@ -537,12 +572,15 @@ impl OpenLoop {
 }
 
 /// Lifecycle and health are measured in alternating slices this long, each kind going first
-/// in every other pair, so that both meet the same machine. Measured one after the other
-/// (lifecycle first), lifecycle alone met whatever state the machine was in: after the
-/// timer-echo section's idle wait its p99 came out at 1.6–2.0x health's in full runs and 9–10x
-/// in one run, where runs without that wait gave 0.8–1.3x. Interleaved, that same sequence
-/// gave 1.4x, with health's own p99 slowed too (11.6 ms).
-const LATENCY_SLICE: Duration = Duration::from_secs(1);
+/// in every other pair, so that both meet the same machine, in the latency section and in the
+/// throughput sections. Measured one after the other (lifecycle first), lifecycle alone met
+/// whatever state the machine was in: after the timer-echo section's idle wait its p99 came
+/// out at 1.6–2.0x health's in full runs and 9–10x in one run, where runs without that wait
+/// gave 0.8–1.3x; interleaved, that same sequence gave 1.4x, with health's own p99 slowed too
+/// (11.6 ms). Throughput, run as 10 s of lifecycle then 10 s of health, gave ratios from 0.51
+/// to 1.06 for one binary in a noisy hour, the server's CPU per health check moving from 21
+/// to 36 µs between runs.
+const SLICE: Duration = Duration::from_secs(1);
 
 /// Lifecycle and health latencies at `rate`, `duration` of each, in alternating slices.
 async fn interleaved(channels: &[Channel], rate: f64, duration: Duration) -> (OpenLoop, OpenLoop) {
@@ -551,7 +589,7 @@ async fn interleaved(channels: &[Channel], rate: f64, duration: Duration) -> (Op
     let mut left = duration;
     let mut lifecycle_first = true;
     while !left.is_zero() {
-        let slice = left.min(LATENCY_SLICE);
+        let slice = left.min(SLICE);
         let order = if lifecycle_first {
             [Work::Lifecycle, Work::Health]
         } else {

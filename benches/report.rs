@@ -64,7 +64,11 @@ fn closed_session(n: u64) -> (SessionId, Session) {
 /// Nanoseconds on CPU so far, per thread name.
 fn cpu_by_thread() -> Vec<(String, u64)> {
     let mut threads = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let read = |file: &str| std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
         let ns = read("schedstat")
             .split_whitespace()
@@ -110,11 +114,7 @@ fn child(format: LogFormat, reports: usize) -> Result<(), String> {
     );
     // The report thread did the formatting: a report logged in place would leave it idle.
     let ok = formatting > 0.0 && formatting > rpc;
-    println!(
-        "checks: {} passed, {} failed",
-        u8::from(ok),
-        u8::from(!ok)
-    );
+    println!("checks: {} passed, {} failed", u8::from(ok), u8::from(!ok));
     Ok(())
 }
 

@@ -1,10 +1,11 @@
 //! End-of-call reports are formatted on a thread of their own, a batch at a time.
 //!
-//! Why: a report line is about 1.2 KB of JSON. Formatted on the RPC thread that closed the
-//! session, it lengthened that RPC by the formatting (about 4 µs in text, 9 µs in JSON,
-//! `cargo bench --bench report`) and, in the throughput bench, cost the server about 4 µs per
-//! lifecycle RPC. The RPC thread now only queues the report it built. This thread wakes at
-//! most once per `PACE`, formats what has gathered, and hands the lines to the log writer.
+//! Why: a report line is about 1.2 KB of JSON, and formatting it is the costliest thing the
+//! sidecar does for a session: about 3.5 µs of CPU as text, 8–9 µs as JSON
+//! (`cargo bench --bench report`). Done on the RPC that closed the session, it lengthened that
+//! RPC by as much and interleaved the serialiser with the RPC path. The RPC now only queues the
+//! report it built; this thread wakes at most once per `PACE`, formats what has gathered, and
+//! hands the lines to the log writer.
 //!
 //! Nothing is dropped: the queue is bounded, and a full queue makes the closing RPC wait, as
 //! a full log queue does. Without `init` (tests, benches of the registry alone), reports are
@@ -18,9 +19,10 @@ use tracing::Span;
 use super::paced::PACE;
 use crate::report::Report;
 
-/// Reports waiting for the thread at most: a quarter of a second at the highest session rate
-/// measured (17,600 a second), and a few MiB should the log stall.
-const QUEUE: usize = 4_096;
+/// Reports waiting for the thread at most: about six batches at the highest session rate
+/// measured (17,600 a second), and under a MiB of reports should the log stall. The queue's
+/// ring is allocated whole at start (about 60 KB).
+const QUEUE: usize = 1_024;
 
 /// How long the flush at exit waits for the thread, should the log be stalled.
 const FLUSH_WAIT: Duration = Duration::from_secs(1);
