@@ -425,29 +425,17 @@ async fn throughput(args: &Args, server: &Server, label: &str, report: &mut Repo
     let (mut lifecycle, mut health) = (LoopResult::default(), LoopResult::default());
     // CPU seconds of (server, bench client) spent on each kind.
     let (mut lifecycle_cpu, mut health_cpu) = ((0.0, 0.0), (0.0, 0.0));
-    let mut left = args.duration;
-    let mut lifecycle_first = true;
-    while !left.is_zero() {
-        let slice = left.min(SLICE);
-        let order = if lifecycle_first {
-            [Work::Lifecycle, Work::Health]
-        } else {
-            [Work::Health, Work::Lifecycle]
+    for (work, slice) in turns(args.duration) {
+        let before = cpu();
+        let r = closed_loop(&channels, args.concurrency, slice, work).await;
+        let after = cpu();
+        let (total, spent) = match work {
+            Work::Lifecycle => (&mut lifecycle, &mut lifecycle_cpu),
+            Work::Health => (&mut health, &mut health_cpu),
         };
-        for work in order {
-            let before = cpu();
-            let r = closed_loop(&channels, args.concurrency, slice, work).await;
-            let after = cpu();
-            let (total, spent) = match work {
-                Work::Lifecycle => (&mut lifecycle, &mut lifecycle_cpu),
-                Work::Health => (&mut health, &mut health_cpu),
-            };
-            total.merge(r);
-            spent.0 += after.0 - before.0;
-            spent.1 += after.1 - before.1;
-        }
-        left -= slice;
-        lifecycle_first = !lifecycle_first;
+        total.merge(r);
+        spent.0 += after.0 - before.0;
+        spent.1 += after.1 - before.1;
     }
     let per_rpc = |seconds: f64, r: &LoopResult| seconds / r.rpcs.max(1) as f64 * 1e6;
     for (side, lifecycle_us, health_us) in [
@@ -582,28 +570,36 @@ impl OpenLoop {
 /// to 36 µs between runs.
 const SLICE: Duration = Duration::from_secs(1);
 
-/// Lifecycle and health latencies at `rate`, `duration` of each, in alternating slices.
-async fn interleaved(channels: &[Channel], rate: f64, duration: Duration) -> (OpenLoop, OpenLoop) {
-    let mut lifecycle = OpenLoop::default();
-    let mut health = OpenLoop::default();
+/// The turns lifecycle and health take for `duration` each: slices of at most `SLICE`, each
+/// kind going first in every other pair.
+fn turns(duration: Duration) -> Vec<(Work, Duration)> {
+    let mut turns = Vec::new();
     let mut left = duration;
     let mut lifecycle_first = true;
     while !left.is_zero() {
         let slice = left.min(SLICE);
-        let order = if lifecycle_first {
+        let pair = if lifecycle_first {
             [Work::Lifecycle, Work::Health]
         } else {
             [Work::Health, Work::Lifecycle]
         };
-        for work in order {
-            let r = open_loop(channels, rate, slice, work).await;
-            match work {
-                Work::Lifecycle => lifecycle.merge(r),
-                Work::Health => health.merge(r),
-            }
-        }
+        turns.extend(pair.map(|work| (work, slice)));
         left -= slice;
         lifecycle_first = !lifecycle_first;
+    }
+    turns
+}
+
+/// Lifecycle and health latencies at `rate`, `duration` of each, in alternating slices.
+async fn interleaved(channels: &[Channel], rate: f64, duration: Duration) -> (OpenLoop, OpenLoop) {
+    let mut lifecycle = OpenLoop::default();
+    let mut health = OpenLoop::default();
+    for (work, slice) in turns(duration) {
+        let r = open_loop(channels, rate, slice, work).await;
+        match work {
+            Work::Lifecycle => lifecycle.merge(r),
+            Work::Health => health.merge(r),
+        }
     }
     (lifecycle, health)
 }

@@ -6,7 +6,7 @@
 //! (a futex call on the logging thread, then two context switches). Sessions end a few
 //! microseconds apart, so the thread was woken every few lines and used about as much CPU as
 //! the formatting of the lines: about 3 µs per report line as text, 7 µs as JSON, against
-//! 0.2–0.4 µs with the pause (`cargo bench --bench report`, "log writer"). The thread flushes
+//! 0.2–0.5 µs with the pause (`cargo bench --bench report`, "log writer"). The thread flushes
 //! its writer when the channel is empty; pausing there lets the next lines gather, so it wakes
 //! at most once a pause and writes each batch with a few large `write` calls instead of one
 //! per line.
