@@ -244,7 +244,8 @@ impl Registry {
             };
             (applied, ended)
         };
-        // Logged with the shard unlocked: formatting a report is slow next to a machine step.
+        // With the shard unlocked: queueing a report waits while the report queue is full, and
+        // without the report thread (tests) the report is formatted right here.
         if let Some(report) = ended {
             telemetry::session_ended(report);
         }
