@@ -19,7 +19,8 @@ use std::{
 
 /// How long the log thread waits between batches: the longest a line waits before it is
 /// written, on top of the writing itself. Short next to anything a person tailing the log
-/// would notice; long enough that a busy sidecar writes hundreds of lines a batch.
+/// would notice; long enough that a busy sidecar writes hundreds of lines a batch. The report
+/// thread gathers its batches for as long, so a report line can take up to twice this.
 pub const PACE: Duration = Duration::from_millis(10);
 
 /// Bytes gathered before they are written without waiting for the end of the batch.
