@@ -254,7 +254,8 @@ impl Directive {
 
 /// The most directives one session can issue: each kind at most once (one SHUTDOWN_SESSION,
 /// one WIND_UP, and DELETE_ROOM and SHUTDOWN_JOB on the one close). A watch stream therefore
-/// never carries more, which is what lets its buffer be small and fixed.
+/// never carries more: far less than an HTTP/2 window, so a client that stops reading cannot
+/// keep a stream from ending.
 pub const MAX_DIRECTIVES_PER_SESSION: usize = 4;
 
 /// A directive as issued: numbered and timed.

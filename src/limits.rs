@@ -220,8 +220,8 @@ where
     }
 }
 
-/// `--max-watchers`: each open `WatchSession` stream holds one slot until its feeding task
-/// ends. Streams are counted here rather than by the request limit, which a stream would
+/// `--max-watchers`: each open `WatchSession` stream holds one slot until it ends or its
+/// client lets go of it. Streams are counted here rather than by the request limit, which a stream would
 /// otherwise hold for the whole call.
 #[derive(Clone, Debug)]
 pub struct WatchSlots {

@@ -2,17 +2,17 @@
 //!
 //! Thin on purpose: decisions live in the state machine, bookkeeping in the registry.
 
-use std::{sync::Arc, time::Instant};
+use std::{pin::Pin, sync::Arc, time::Instant};
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures_util::Stream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
-use tracing::{debug, warn, Instrument as _};
+use tracing::{debug, warn};
 
 use crate::{
     convert::{self, DirectiveMapper, MAX_CALL_DURATION},
-    domain::Event,
+    domain::{Event, IssuedDirective},
     error::ApiError,
     journal::Durable,
     limits::WatchSlots,
@@ -22,17 +22,9 @@ use crate::{
     tool,
 };
 
-/// Directives sent per registry poll of a watch stream; bounds the time a shard lock is held
-/// and the memory a slow watcher can pin.
+/// Directives taken per registry poll of a watch stream; bounds the time a shard lock is held
+/// and the memory one poll copies.
 const WATCH_BATCH: usize = 64;
-
-/// Directives buffered per watch stream before the sender waits for the client.
-const WATCH_BUFFER: usize = 16;
-
-// The buffer holds a whole stream (every directive a session can issue, and a closing status):
-// feeding a watcher never waits on its client, so a client that stops reading pins no task,
-// and the follow task still ends when the session closes.
-const _: () = assert!(WATCH_BUFFER > crate::domain::MAX_DIRECTIVES_PER_SESSION);
 
 #[derive(Clone)]
 pub struct EndCallApi {
@@ -282,7 +274,7 @@ impl EndCallService for EndCallApi {
         .await
     }
 
-    type WatchSessionStream = ReceiverStream<Result<pb::Directive, Status>>;
+    type WatchSessionStream = Pin<Box<dyn Stream<Item = Result<pb::Directive, Status>> + Send>>;
 
     async fn watch_session(
         &self,
@@ -296,17 +288,9 @@ impl EndCallService for EndCallApi {
             let first = api
                 .registry
                 .poll_watch(&id, req.after_seq, WATCH_BATCH, true)?;
-            let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-            let following = follow(api.clone(), id, req.after_seq, first, tx);
-            // The slot is held until the feeding task ends, not until the client lets go.
-            tokio::spawn(
-                async move {
-                    following.await;
-                    drop(slot)
-                }
-                .in_current_span(),
-            );
-            Ok(ReceiverStream::new(rx).into())
+            let stream: Self::WatchSessionStream =
+                Box::pin(Follow::new(api.clone(), id, req.after_seq, first, slot).into_stream());
+            Ok(stream.into())
         })
         .await
     }
@@ -348,56 +332,114 @@ impl EndCallService for EndCallApi {
     }
 }
 
-/// Feeds one watch stream: sends what is pending, waits for more, ends after the close.
-async fn follow(
+/// One watch stream, read by the response body itself.
+///
+/// HTTP/2 polls this stream for its next message, so a directive wakes one task (the stream's)
+/// and is encoded as it is sent: no task of our own, and no buffer, per open stream. A client
+/// that stops reading costs at most the four directives a session can issue, in its HTTP/2
+/// window, and the stream still ends, giving its `--max-watchers` slot back, once the session
+/// has closed and they are sent.
+struct Follow {
     api: EndCallApi,
     id: String,
-    mut cursor: u64,
-    mut poll: WatchPoll,
-    tx: mpsc::Sender<Result<pb::Directive, Status>>,
-) {
-    let _counted = metrics::WatcherGuard::new();
-    loop {
-        let full_batch = poll.directives.len() == WATCH_BATCH;
-        for directive in &poll.directives {
-            cursor = directive.seq;
-            if tx
-                .send(Ok(api.mapper.directive(&id, directive)))
-                .await
-                .is_err()
-            {
-                return; // The client went away.
+    /// The seq of the last directive handed out: the next poll starts after it.
+    cursor: u64,
+    /// Taken from the last poll, not handed out yet.
+    batch: std::vec::IntoIter<IssuedDirective>,
+    /// The last poll was a full batch: poll again before waiting.
+    more: bool,
+    /// The session closed (or was dropped) and everything is handed out once `batch` is.
+    finished: bool,
+    changed: Option<watch::Receiver<()>>,
+    /// Held from the call until the stream ends, or the client lets go of it first.
+    open: Option<(OwnedSemaphorePermit, metrics::WatcherGuard)>,
+}
+
+impl Follow {
+    fn new(
+        api: EndCallApi,
+        id: String,
+        cursor: u64,
+        first: WatchPoll,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
+        let mut follow = Follow {
+            api,
+            id,
+            cursor,
+            batch: Vec::new().into_iter(),
+            more: false,
+            finished: false,
+            changed: None,
+            open: Some((slot, metrics::WatcherGuard::new())),
+        };
+        follow.take(first);
+        follow
+    }
+
+    fn take(&mut self, poll: WatchPoll) {
+        self.more = poll.directives.len() == WATCH_BATCH;
+        self.finished = poll.finished || poll.changed.is_none();
+        self.batch = poll.directives.into_iter();
+        self.changed = poll.changed;
+    }
+
+    fn into_stream(self) -> impl Stream<Item = Result<pb::Directive, Status>> + Send {
+        futures_util::stream::unfold(self, |mut follow| async move {
+            let item = follow.next().await?;
+            Some((item, follow))
+        })
+    }
+
+    /// The stream's next message: a directive, or a closing error; `None` ends the stream.
+    async fn next(&mut self) -> Option<Result<pb::Directive, Status>> {
+        loop {
+            if let Some(directive) = self.batch.next() {
+                self.cursor = directive.seq;
+                return Some(Ok(self.api.mapper.directive(&self.id, &directive)));
             }
-        }
-        if poll.finished {
-            return;
-        }
-        if !full_batch {
-            let Some(mut changed) = poll.changed else {
-                return;
-            };
-            tokio::select! {
-                result = changed.changed() => {
-                    if result.is_err() {
-                        return; // The session was dropped after its retention.
+            if self.finished {
+                self.end();
+                return None;
+            }
+            if !self.more {
+                let changed = self.changed.as_mut()?;
+                tokio::select! {
+                    result = changed.changed() => {
+                        if result.is_err() {
+                            // The session was dropped after its retention.
+                            self.end();
+                            return None;
+                        }
+                    }
+                    () = self.api.draining.cancelled() => {
+                        self.end();
+                        return Some(Err(Status::unavailable(
+                            "server is draining: reconnect with after_seq set to the last seq received",
+                        )));
                     }
                 }
-                () = api.draining.cancelled() => {
-                    let status = Status::unavailable(
-                        "server is draining: reconnect with after_seq set to the last seq received",
-                    );
-                    let _ = tx.send(Err(status)).await;
-                    return;
+            }
+            match self
+                .api
+                .registry
+                .poll_watch(&self.id, self.cursor, WATCH_BATCH, false)
+            {
+                Ok(poll) => self.take(poll),
+                Err(err) => {
+                    self.end();
+                    return Some(Err(ApiError::from(err).into()));
                 }
-                () = tx.closed() => return,
             }
         }
-        poll = match api.registry.poll_watch(&id, cursor, WATCH_BATCH, false) {
-            Ok(poll) => poll,
-            Err(err) => {
-                let _ = tx.send(Err(ApiError::from(err).into())).await;
-                return;
-            }
-        };
+    }
+
+    /// Nothing more will be sent: the slot and the subscription go now, before the client
+    /// lets go of the stream.
+    fn end(&mut self) {
+        self.finished = true;
+        self.more = false;
+        self.changed = None;
+        self.open = None;
     }
 }

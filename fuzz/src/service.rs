@@ -30,14 +30,14 @@ use endcall_sidecar::{
     convert,
     domain::Options,
     machine::Timing,
-    proto::v1::{self as pb, end_call_service_server::EndCallService as _},
+    proto::v1::{self as pb, end_call_service_server::EndCallService},
     registry::{Registry, Settings},
     service::EndCallApi,
     timers::TimerThread,
     tool,
 };
 use prost::Message as _;
-use tokio::sync::mpsc::{self, error::TryRecvError};
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status};
 
@@ -53,7 +53,7 @@ pub const MAX_STEPS: usize = 400;
 pub const MAX_STATUS_MESSAGE: usize = 512;
 /// Watch streams kept open at once; an older one is dropped (the client went away).
 const MAX_WATCHERS: usize = 4;
-/// Yields after each step, so the timer task and the watch streams' tasks catch up.
+/// Yields after each step, so the timer task catches up.
 const SETTLE_YIELDS: usize = 8;
 
 const PLAYOUT_GUARD: Duration = Duration::from_secs(3);
@@ -278,7 +278,8 @@ struct Watcher {
     id: String,
     /// The seq the next directive must carry.
     next: u64,
-    rx: mpsc::Receiver<Result<pb::Directive, Status>>,
+    /// Polled without waiting: what it has ready, or whether it ended.
+    rx: <EndCallApi as EndCallService>::WatchSessionStream,
 }
 
 struct Known {
@@ -460,7 +461,7 @@ impl Harness {
                         self.watchers.push_back(Watcher {
                             id: id.clone(),
                             next: after_seq.saturating_add(1),
-                            rx: stream.into_inner().into_inner(),
+                            rx: stream.into_inner(),
                         });
                     }
                     Err(status) => {
@@ -675,11 +676,13 @@ impl Harness {
         for mut w in watchers.drain(..) {
             let mut received = Vec::new();
             let ended = loop {
-                match w.rx.try_recv() {
-                    Ok(Ok(d)) => received.push(d),
-                    Ok(Err(status)) => panic!("watch {:?}: the stream failed: {status:?}", w.id),
-                    Err(TryRecvError::Empty) => break false,
-                    Err(TryRecvError::Disconnected) => break true,
+                match w.rx.next().now_or_never() {
+                    Some(Some(Ok(d))) => received.push(d),
+                    Some(Some(Err(status))) => {
+                        panic!("watch {:?}: the stream failed: {status:?}", w.id)
+                    }
+                    None => break false,
+                    Some(None) => break true,
                 }
             };
             let report = self.report(&w.id).await;
