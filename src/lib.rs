@@ -2,13 +2,14 @@
 //!
 //! Layers, from the inside out: `domain` (the contract's vocabulary), `machine` (the pure
 //! per-session state machine), `report` (what a session tells about itself), `registry`
-//! (sessions, per-session ordering, timers, expiry, limits), `journal` (durability), `convert`
-//! and `service` (the gRPC edge), `server` (listeners, health, reflection, drain), `config` and
+//! (sessions, per-session ordering, timers, expiry, limits), `journal` (durability), `convert`,
+//! `service` and `codec` (the gRPC edge), `server` (listeners, health, reflection, drain), `config` and
 //! `telemetry`; `auth` and `tls` (the optional bearer token and TLS).
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod clock;
+pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod domain;
