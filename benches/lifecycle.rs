@@ -1200,6 +1200,7 @@ async fn timers(args: &Args, rate_estimate: Option<f64>, report: &mut Report) {
     let watch_channels = server
         .channels(connections_for(watchers, args.watchers_per_connection))
         .await;
+    let rss_before = server.rss();
     let arrivals: Arc<Mutex<Vec<Arrival>>> = Arc::default();
     let setup_start = Instant::now();
     let mut readers = Vec::new();
@@ -1302,6 +1303,11 @@ async fn timers(args: &Args, rate_estimate: Option<f64>, report: &mut Report) {
         ),
     );
 
+    // What the window costs each side: from its start to the last arrival.
+    let to_window = window.duration_since(SystemTime::now()).unwrap_or_default();
+    tokio::time::sleep(to_window).await;
+    let cpu_at_window = (cpu_seconds(server.pid()), cpu_seconds(std::process::id()));
+
     // Wait for the window to pass, then for the stragglers.
     let until_end = (window + Duration::from_secs(1))
         .duration_since(SystemTime::now())
@@ -1315,6 +1321,10 @@ async fn timers(args: &Args, rate_estimate: Option<f64>, report: &mut Report) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let window_cpu = (
+        cpu_seconds(server.pid()) - cpu_at_window.0,
+        cpu_seconds(std::process::id()) - cpu_at_window.1,
+    );
     let rss_fired = server.rss();
 
     // Exact deadlines from the server's own records: the OnSpeechDone's time + reply timeout.
@@ -1417,10 +1427,37 @@ async fn timers(args: &Args, rate_estimate: Option<f64>, report: &mut Report) {
         "arrival on the stream - deadline (watched)",
         arrival_late.clone(),
     );
+    let per_directive = |seconds: f64| seconds * 1e6 / watchers.max(1) as f64;
     report.row(
         "timers",
-        "server RSS armed / after firing",
-        format!("{} / {}", mib(rss_armed), mib(rss_fired)),
+        "CPU from the window's start to the last arrival: server / bench client",
+        format!(
+            "{:.2} s / {:.2} s ({:.1} / {:.1} us per watched directive)",
+            window_cpu.0,
+            window_cpu.1,
+            per_directive(window_cpu.0),
+            per_directive(window_cpu.1)
+        ),
+    );
+    report.row(
+        "timers",
+        "server RSS before / armed / after firing",
+        format!(
+            "{} / {} / {}",
+            mib(rss_before),
+            mib(rss_armed),
+            mib(rss_fired)
+        ),
+    );
+    // Each session here also has its watch stream open: HTTP/2 stream state and the stream's
+    // own, on top of the session (the memory section measures a session alone).
+    report.row(
+        "timers",
+        "bytes of RSS per armed session, with the watch streams",
+        format!(
+            "{:.0} ({watchers} of the {n} sessions watched)",
+            rss_armed.saturating_sub(rss_before) as f64 / n.max(1) as f64
+        ),
     );
     report.check(
         "timers: every session issued SHUTDOWN_SESSION (REPLY_TIMEOUT)",
