@@ -36,8 +36,8 @@ use endcall_sidecar::{
     timers::TimerThread,
     tool,
 };
-use prost::Message as _;
 use futures_util::{FutureExt as _, StreamExt as _};
+use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status};
 
