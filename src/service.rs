@@ -403,7 +403,10 @@ impl Follow {
                 return None;
             }
             if !self.more {
-                let changed = self.changed.as_mut()?;
+                let Some(changed) = self.changed.as_mut() else {
+                    self.end();
+                    return None;
+                };
                 tokio::select! {
                     result = changed.changed() => {
                         if result.is_err() {
