@@ -3,8 +3,8 @@
 //! Layers, from the inside out: `domain` (the contract's vocabulary), `machine` (the pure
 //! per-session state machine), `report` (what a session tells about itself), `registry`
 //! (sessions, per-session ordering, timers, expiry, limits), `journal` (durability), `convert`,
-//! `service` and `codec` (the gRPC edge), `server` (listeners, health, reflection, drain), `config` and
-//! `telemetry`; `auth` and `tls` (the optional bearer token and TLS).
+//! `service` and `codec` (the gRPC edge), `server` (listeners, health, reflection, drain),
+//! `config` and `telemetry`; `auth` and `tls` (the optional bearer token and TLS).
 #![forbid(unsafe_code)]
 
 pub mod auth;
