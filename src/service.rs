@@ -350,6 +350,7 @@ struct Follow {
     more: bool,
     /// The session closed (or was dropped) and everything is handed out once `batch` is.
     finished: bool,
+    /// `None` once the stream has ended (or if the session was gone at the poll).
     changed: Option<watch::Receiver<()>>,
     /// Held from the call until the stream ends, or the client lets go of it first.
     open: Option<(OwnedSemaphorePermit, metrics::WatcherGuard)>,
@@ -379,7 +380,7 @@ impl Follow {
 
     fn take(&mut self, poll: WatchPoll) {
         self.more = poll.directives.len() == WATCH_BATCH;
-        self.finished = poll.finished || poll.changed.is_none();
+        self.finished = poll.finished;
         self.batch = poll.directives.into_iter();
         self.changed = poll.changed;
     }
