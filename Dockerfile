@@ -42,6 +42,9 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
+# The build flags (--cfg tokio_unstable, see src/runtime.rs), before the dependencies are built
+# with them.
+COPY .cargo .cargo
 # Dependencies only (including the build-dependencies protox / tonic-prost-build).
 RUN cargo chef cook --release --locked --recipe-path recipe.json
 # The crate itself. Code generation runs in build.rs with protox: no protoc needed.

@@ -4,7 +4,8 @@
 //! per-session state machine), `report` (what a session tells about itself), `registry`
 //! (sessions, per-session ordering, timers, expiry, limits), `journal` (durability), `convert`,
 //! `service` and `codec` (the gRPC edge), `server` (listeners, health, reflection, drain),
-//! `config` and `telemetry`; `auth` and `tls` (the optional bearer token and TLS).
+//! `config` and `telemetry`; `auth` and `tls` (the optional bearer token and TLS); `runtime`
+//! (the tokio runtime's one setting).
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod probe;
 pub mod proto;
 pub mod registry;
 pub mod report;
+pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod telemetry;

@@ -7,7 +7,7 @@ use clap::{CommandFactory as _, FromArgMatches as _};
 use endcall_sidecar::{
     auth,
     config::{Cli, Command, Config},
-    probe,
+    probe, runtime,
     server::{self, Listener},
     telemetry, tls,
 };
@@ -20,8 +20,17 @@ use tracing::{error, info};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    match runtime::build() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(err) => {
+            eprintln!("error: cannot start the tokio runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
     if auth::token_on_command_line(&matches) {
