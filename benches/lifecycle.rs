@@ -52,7 +52,8 @@ use support::{
 #[command(about = "endcall-sidecar performance benchmark")]
 struct Args {
     /// Sections to run, comma-separated: throughput,echo,latency,h2load,memory,timers,unix,
-    /// quiet,durable (or all). `echo` (after throughput) waits for the run's 30 s timers and measures their cost.
+    /// quiet,durable (or all). `echo` (after throughput) waits for the run's 30 s timers and
+    /// measures their cost.
     #[arg(long, default_value = "all")]
     sections: String,
     /// Length of each closed-loop throughput run.
@@ -370,6 +371,12 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// CPU seconds so far of (the server, this bench client): they share the cores, so a rate
+/// depends on both.
+fn cpu_both(server: &Server) -> (f64, f64) {
+    (cpu_seconds(server.pid()), cpu_seconds(std::process::id()))
+}
+
 /// With no RPCs at all, the server's CPU while the lifecycle run's 30 s playout-guard timers
 /// (armed by every EndCall, never cancelled) come due, against an idle window just before.
 async fn timer_echo(args: &Args, server: &Server, t: &Throughput, report: &mut Report) {
@@ -422,7 +429,7 @@ async fn throughput(args: &Args, server: &Server, label: &str, report: &mut Repo
     closed_loop(&channels, args.concurrency, args.warmup, Work::Health).await;
     // CPU time of each side, per run: client and server share the cores, so the RPC rates
     // mix the two, and these tell which side a difference comes from.
-    let cpu = || (cpu_seconds(server.pid()), cpu_seconds(std::process::id()));
+    let cpu = || cpu_both(server);
     // Lifecycle and health take turns in slices (see `SLICE`), each kind going first in every
     // other pair: the ratio compares the two on the same machine.
     let (mut lifecycle, mut health) = (LoopResult::default(), LoopResult::default());
@@ -1310,7 +1317,7 @@ async fn timers(args: &Args, rate_estimate: Option<f64>, report: &mut Report) {
     // What the window costs each side: from its start to the last arrival.
     let to_window = window.duration_since(SystemTime::now()).unwrap_or_default();
     tokio::time::sleep(to_window).await;
-    let cpu_at_window = (cpu_seconds(server.pid()), cpu_seconds(std::process::id()));
+    let cpu_at_window = cpu_both(&server);
 
     // Wait for the window to pass, then for the stragglers.
     let until_end = (window + Duration::from_secs(1))
@@ -1325,9 +1332,10 @@ async fn timers(args: &Args, rate_estimate: Option<f64>, report: &mut Report) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let cpu_after_window = cpu_both(&server);
     let window_cpu = (
-        cpu_seconds(server.pid()) - cpu_at_window.0,
-        cpu_seconds(std::process::id()) - cpu_at_window.1,
+        cpu_after_window.0 - cpu_at_window.0,
+        cpu_after_window.1 - cpu_at_window.1,
     );
     let rss_fired = server.rss();
 

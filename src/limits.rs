@@ -221,8 +221,8 @@ where
 }
 
 /// `--max-watchers`: each open `WatchSession` stream holds one slot until it ends or its
-/// client lets go of it. Streams are counted here rather than by the request limit, which a stream would
-/// otherwise hold for the whole call.
+/// client lets go of it. Streams are counted here rather than by the request limit, which a
+/// stream would otherwise hold for the whole call.
 #[derive(Clone, Debug)]
 pub struct WatchSlots {
     slots: Arc<Semaphore>,
