@@ -5,6 +5,8 @@ pub mod metrics;
 mod paced;
 mod reports;
 
+use std::{borrow::Cow, cell::RefCell};
+
 use tracing::{info, Level};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
@@ -42,8 +44,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<LogGuard, String> {
         .finish(Paced::new(std::io::stderr(), paced::PACE));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_writer(writer);
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -79,15 +80,30 @@ pub fn flush_reports() {
     reports::flush();
 }
 
+thread_local! {
+    /// The report thread's JSON buffer, kept between reports: a report is about 1.1 KB, and a
+    /// new string grows to that size through several reallocations, each copying the last.
+    static REPORT_JSON: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(4096));
+}
+
 fn log_report(report: &Report) {
-    let json = serde_json::to_string(report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
-    info!(
-        target: REPORT_TARGET,
-        session_id = %report.session_id,
-        outcome = report.outcome.map(|o| o.as_str()),
-        close_reason = report.close_reason.map(|r| r.as_str()),
-        goodbye_ms = report.goodbye.map(|d| d.as_millis() as u64),
-        report = %json,
-        "session ended"
-    );
+    REPORT_JSON.with_borrow_mut(|buf| {
+        buf.clear();
+        let json = serde_json::to_writer(&mut *buf, report)
+            .map_err(|e| e.to_string())
+            .and_then(|()| std::str::from_utf8(buf).map_err(|e| e.to_string()))
+            .map_or_else(
+                |e| Cow::Owned(format!("{{\"error\":\"{e}\"}}")),
+                Cow::Borrowed,
+            );
+        info!(
+            target: REPORT_TARGET,
+            session_id = %report.session_id,
+            outcome = report.outcome.map(|o| o.as_str()),
+            close_reason = report.close_reason.map(|r| r.as_str()),
+            goodbye_ms = report.goodbye.map(|d| d.as_millis() as u64),
+            report = %json,
+            "session ended"
+        );
+    });
 }
