@@ -107,3 +107,64 @@ fn log_report(report: &Report) {
         );
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+    use crate::{
+        domain::{Options, SessionId, Time},
+        machine::Session,
+    };
+
+    /// Keeps what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Written(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Written {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl MakeWriter<'_> for Written {
+        type Writer = Written;
+        fn make_writer(&self) -> Written {
+            self.clone()
+        }
+    }
+
+    /// The report thread writes each report's JSON into a buffer it keeps: every line must
+    /// carry its own report, whole, and nothing of the one before. Text lines are plain,
+    /// whatever the subscriber's default (tracing-subscriber's colours need its `ansi` feature).
+    #[test]
+    fn each_text_line_carries_its_own_report_and_no_colour() {
+        let written = Written::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(written.clone())
+            .finish();
+        let reports: Vec<Report> = (0..3)
+            .map(|n| {
+                let session = Session::new(Arc::new(Options::default()), Time::from_micros(n));
+                Report::of(&SessionId::new(&format!("call-{n}")), &session)
+            })
+            .collect();
+        tracing::subscriber::with_default(subscriber, || reports.iter().for_each(log_report));
+        let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), reports.len(), "{text}");
+        for (line, report) in lines.iter().zip(&reports) {
+            assert!(!line.contains('\x1b'), "a colour code: {line:?}");
+            let (_, json) = line.split_once(" report=").expect("a report field");
+            let logged: serde_json::Value = serde_json::from_str(json).expect("the report's JSON");
+            assert_eq!(logged, serde_json::to_value(report).unwrap());
+        }
+    }
+}
