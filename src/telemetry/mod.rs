@@ -115,10 +115,6 @@ mod tests {
     use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
-    use crate::{
-        domain::{Options, SessionId, Time},
-        machine::Session,
-    };
 
     /// Keeps what the subscriber writes.
     #[derive(Clone, Default)]
@@ -150,17 +146,12 @@ mod tests {
         let subscriber = tracing_subscriber::fmt()
             .with_writer(written.clone())
             .finish();
-        let reports: Vec<Report> = (0..3)
-            .map(|n| {
-                let session = Session::new(Arc::new(Options::default()), Time::from_micros(n));
-                Report::of(&SessionId::new(&format!("call-{n}")), &session)
-            })
-            .collect();
-        tracing::subscriber::with_default(subscriber, || reports.iter().for_each(log_report));
+        let ended: Vec<Report> = (0..3).map(reports::tests::report).collect();
+        tracing::subscriber::with_default(subscriber, || ended.iter().for_each(log_report));
         let text = String::from_utf8(written.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), reports.len(), "{text}");
-        for (line, report) in lines.iter().zip(&reports) {
+        assert_eq!(lines.len(), ended.len(), "{text}");
+        for (line, report) in lines.iter().zip(&ended) {
             assert!(!line.contains('\x1b'), "a colour code: {line:?}");
             let (_, json) = line.split_once(" report=").expect("a report field");
             let logged: serde_json::Value = serde_json::from_str(json).expect("the report's JSON");

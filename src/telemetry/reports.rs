@@ -118,7 +118,7 @@ impl Drop for ReportsGuard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -127,7 +127,8 @@ mod tests {
         machine::Session,
     };
 
-    fn report(n: usize) -> Report {
+    /// A just-opened session's report, named `call-{n}`.
+    pub(in crate::telemetry) fn report(n: usize) -> Report {
         let session = Session::new(Arc::new(Options::default()), Time::from_micros(0));
         Report::of(&SessionId::new(&format!("call-{n}")), &session)
     }
