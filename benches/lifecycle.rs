@@ -581,6 +581,11 @@ impl OpenLoop {
 /// to 36 µs between runs.
 const SLICE: Duration = Duration::from_secs(1);
 
+/// The servers of the rate-bound sections: closed sessions are kept for their retention (5 min
+/// by default), so at thousands of sessions a second the default limit (100,000) would refuse
+/// sessions within a minute.
+const NO_SESSION_LIMIT: [&str; 2] = ["--max-sessions", "10000000"];
+
 /// The turns lifecycle and health take for `duration` each: slices of at most `SLICE`, each
 /// kind going first in every other pair.
 fn turns(duration: Duration) -> Vec<(Work, Duration)> {
@@ -700,9 +705,7 @@ async fn open_loop(channels: &[Channel], rate: f64, duration: Duration, work: Wo
 
 async fn latency(args: &Args, ceiling: f64, report: &mut Report) {
     // A fresh server: no earlier run's sessions, and no earlier run's timers coming due.
-    let server = &args
-        .server
-        .start("127.0.0.1:0", &["--max-sessions", "10000000"]);
+    let server = &args.server.start("127.0.0.1:0", &NO_SESSION_LIMIT);
     let channels = server
         .channels(connections_for(
             args.concurrency,
@@ -883,9 +886,7 @@ async fn h2load(args: &Args, tonic_health_rps: Option<f64>, report: &mut Report)
         return;
     }
     // A fresh server, as for the latency runs.
-    let server = &args
-        .server
-        .start("127.0.0.1:0", &["--max-sessions", "10000000"]);
+    let server = &args.server.start("127.0.0.1:0", &NO_SESSION_LIMIT);
     let Some(url) = server.url() else { return };
     let dir = std::env::temp_dir().join(format!("endcall-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -1541,9 +1542,7 @@ fn main() {
         let mut lifecycle_rate = None;
         let mut health_rate = None;
         if args.runs("throughput") {
-            let server = args
-                .server
-                .start("127.0.0.1:0", &["--max-sessions", "10000000"]);
+            let server = args.server.start("127.0.0.1:0", &NO_SESSION_LIMIT);
             println!("TCP server pid {} at {:?}", server.pid(), server.addr);
             let t = throughput(&args, &server, "tcp", &mut report).await;
             lifecycle_rate = Some(t.lifecycle.rpc_rate());
@@ -1561,21 +1560,19 @@ fn main() {
         if args.runs("unix") {
             let path =
                 std::env::temp_dir().join(format!("endcall-bench-{}.sock", std::process::id()));
-            let server = args.server.start(
-                &format!("unix:{}", path.display()),
-                &["--max-sessions", "10000000"],
-            );
+            let server = args
+                .server
+                .start(&format!("unix:{}", path.display()), &NO_SESSION_LIMIT);
             throughput(&args, &server, "unix", &mut report).await;
         }
         if args.runs("quiet") {
             let server = args.server.start(
                 "127.0.0.1:0",
                 &[
-                    "--max-sessions",
-                    "10000000",
-                    "--log-level",
-                    "info,endcall::report=off",
-                ],
+                    &NO_SESSION_LIMIT[..],
+                    &["--log-level", "info,endcall::report=off"],
+                ]
+                .concat(),
             );
             throughput(&args, &server, "quiet", &mut report).await;
         }
@@ -1604,7 +1601,7 @@ async fn durable(args: &Args, in_memory: Option<f64>, report: &mut Report) {
     let state_dir = dir.display().to_string();
     let server = args.server.start(
         "127.0.0.1:0",
-        &["--max-sessions", "10000000", "--state-dir", &state_dir],
+        &[&NO_SESSION_LIMIT[..], &["--state-dir", &state_dir]].concat(),
     );
     println!(
         "durable server pid {} with --state-dir {state_dir}",
