@@ -7,14 +7,16 @@ use std::{fmt, ops::Add, sync::Arc, time::Duration};
 
 use arcstr::ArcStr;
 
+#[cfg(test)]
 use serde::Serialize;
 
 /// A point in time, in microseconds since the Unix epoch.
 ///
 /// Deadlines are absolute wall-clock points rather than `Instant`s so that a report can show
 /// them and a later restart could re-arm them; the registry's clock keeps them monotonic.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(test, derive(Serialize))]
+#[cfg_attr(test, serde(transparent))]
 pub struct Time(u64);
 
 impl Time {
@@ -49,8 +51,9 @@ impl Add<Duration> for Time {
 /// Shared because the registry's map, its timer queue and watch streams all hold it; an
 /// `ArcStr` is one pointer wide (its length lives in the allocation), where an `Arc<str>` is
 /// two, and a million waiting sessions hold an id in each map slot and each wheel entry.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(test, derive(Serialize))]
+#[cfg_attr(test, serde(transparent))]
 pub struct SessionId(ArcStr);
 
 impl SessionId {
@@ -80,8 +83,9 @@ impl fmt::Display for SessionId {
 /// Shared because a session keeps the same id in several places (its tool speeches, its
 /// recent speeches, its timeline): one allocation per distinct id. One pointer wide, like
 /// [`SessionId`]: the timeline entries that hold it then fit in 32 bytes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(test, derive(Serialize))]
+#[cfg_attr(test, serde(transparent))]
 pub struct SpeechId(ArcStr);
 
 impl SpeechId {
@@ -101,7 +105,8 @@ impl fmt::Display for SpeechId {
 }
 
 /// A session's options with every default filled in.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct Options {
     pub delete_room: bool,
     /// `None` is a distinct value: the tool asks for no reply.
@@ -110,7 +115,7 @@ pub struct Options {
     pub end_instructions: Option<Arc<str>>,
     pub extra_description: Arc<str>,
     pub ignore_on_enter: bool,
-    #[serde(with = "duration_ms")]
+    #[cfg_attr(test, serde(with = "duration_ms"))]
     pub reply_timeout: Duration,
     pub early_reply_capture: bool,
 }
@@ -163,7 +168,8 @@ impl OptionsPatch {
 }
 
 /// What the worker's model can do; `None` means "not told".
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct Capabilities {
     pub realtime: Option<bool>,
     pub auto_tool_reply: Option<bool>,
@@ -184,8 +190,9 @@ impl Capabilities {
 }
 
 /// Why the agent session closed, with the reference's string values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(test, derive(Serialize))]
+#[cfg_attr(test, serde(rename_all = "snake_case"))]
 pub enum CloseReason {
     Error,
     JobShutdown,
@@ -216,14 +223,27 @@ impl CloseReason {
 }
 
 /// Why `SHUTDOWN_SESSION` was issued.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(test, derive(Serialize))]
+#[cfg_attr(test, serde(rename_all = "snake_case"))]
 pub enum ShutdownCause {
     ToolTurnDone,
     ReplyPlayedOut,
     ReplyTimeout,
     PlayoutGuard,
     MaxDuration,
+}
+
+impl ShutdownCause {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ShutdownCause::ToolTurnDone => "tool_turn_done",
+            ShutdownCause::ReplyPlayedOut => "reply_played_out",
+            ShutdownCause::ReplyTimeout => "reply_timeout",
+            ShutdownCause::PlayoutGuard => "playout_guard",
+            ShutdownCause::MaxDuration => "max_duration",
+        }
+    }
 }
 
 /// What the worker is told to do.
@@ -266,8 +286,9 @@ pub struct IssuedDirective {
     pub directive: Directive,
 }
 
-/// `{"seq":..,"at":..,"kind":..}` plus the kind's own field, by hand: serde's `flatten` goes
-/// through a buffering map serialiser, and every ended session's report lists its directives.
+/// `{"seq":..,"at":..,"kind":..}` plus the kind's own field: the shape `report/json.rs`
+/// writes, as the tests' oracle.
+#[cfg(test)]
 impl Serialize for IssuedDirective {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;
@@ -285,8 +306,9 @@ impl Serialize for IssuedDirective {
 }
 
 /// The contract's states.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(test, derive(Serialize))]
+#[cfg_attr(test, serde(rename_all = "snake_case"))]
 pub enum State {
     Active,
     Ending,
@@ -319,8 +341,9 @@ impl State {
 }
 
 /// How a session ended, for the report and the metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(test, derive(Serialize))]
+#[cfg_attr(test, serde(rename_all = "snake_case"))]
 pub enum Outcome {
     /// `SHUTDOWN_SESSION` was issued for this cause.
     Shutdown(ShutdownCause),
@@ -345,11 +368,7 @@ impl Outcome {
 
     pub const fn as_str(self) -> &'static str {
         match self {
-            Outcome::Shutdown(ShutdownCause::ToolTurnDone) => "tool_turn_done",
-            Outcome::Shutdown(ShutdownCause::ReplyPlayedOut) => "reply_played_out",
-            Outcome::Shutdown(ShutdownCause::ReplyTimeout) => "reply_timeout",
-            Outcome::Shutdown(ShutdownCause::PlayoutGuard) => "playout_guard",
-            Outcome::Shutdown(ShutdownCause::MaxDuration) => "max_duration",
+            Outcome::Shutdown(cause) => cause.as_str(),
             Outcome::ClosedDuringEndCall => "closed_during_end_call",
             Outcome::ClosedWithoutEndCall => "closed_without_end_call",
             Outcome::Expired => "expired",
@@ -385,13 +404,19 @@ pub enum Event {
     },
 }
 
-/// Serialises durations as milliseconds, the unit people read in reports.
+/// A duration in whole milliseconds, the unit people read in reports.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Serde's view of [`millis`], for the tests' oracle of the report's JSON.
+#[cfg(test)]
 pub(crate) mod duration_ms {
     use std::time::Duration;
 
     use serde::Serializer;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        s.serialize_u64(super::millis(*d))
     }
 }

@@ -5,13 +5,13 @@ pub mod metrics;
 mod paced;
 mod reports;
 
-use std::{borrow::Cow, cell::RefCell};
+use std::cell::RefCell;
 
 use tracing::{info, Level};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-use crate::{config::LogFormat, report::Report};
+use crate::{config::LogFormat, domain::millis, report::Report};
 
 use self::paced::Paced;
 
@@ -83,26 +83,20 @@ pub fn flush_reports() {
 thread_local! {
     /// The report thread's JSON buffer, kept between reports: a report is about 1.1 KB, and a
     /// new string grows to that size through several reallocations, each copying the last.
-    static REPORT_JSON: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(4096));
+    static REPORT_JSON: RefCell<String> = RefCell::new(String::with_capacity(4096));
 }
 
 fn log_report(report: &Report) {
-    REPORT_JSON.with_borrow_mut(|buf| {
-        buf.clear();
-        let json = serde_json::to_writer(&mut *buf, report)
-            .map_err(|e| e.to_string())
-            .and_then(|()| std::str::from_utf8(buf).map_err(|e| e.to_string()))
-            .map_or_else(
-                |e| Cow::Owned(format!("{{\"error\":\"{e}\"}}")),
-                Cow::Borrowed,
-            );
+    REPORT_JSON.with_borrow_mut(|json| {
+        json.clear();
+        report.write_json(json);
         info!(
             target: REPORT_TARGET,
             session_id = %report.session_id,
             outcome = report.outcome.map(|o| o.as_str()),
             close_reason = report.close_reason.map(|r| r.as_str()),
-            goodbye_ms = report.goodbye.map(|d| d.as_millis() as u64),
-            report = %json,
+            goodbye_ms = report.goodbye.map(millis),
+            report = %json.as_str(),
             "session ended"
         );
     });

@@ -1,31 +1,38 @@
 //! The end-of-call report: what `GetSession` returns and what is logged once at close.
 //!
 //! Built from a session in one place so the log line and the RPC cannot tell different stories.
+//! The log line's JSON is written by `json.rs`; the serde derives here are only the tests'
+//! oracle for it.
+
+mod json;
 
 use std::{fmt, sync::Arc, time::Duration};
 
+#[cfg(test)]
 use serde::{ser::SerializeMap as _, Serialize, Serializer};
 
+#[cfg(test)]
+use crate::domain::duration_ms;
 use crate::{
     domain::{
-        duration_ms, Capabilities, CloseReason, IssuedDirective, Options, Outcome, SessionId,
-        State, Time,
+        Capabilities, CloseReason, IssuedDirective, Options, Outcome, SessionId, State, Time,
     },
     machine::{EventRecord, Session, TimelineItem},
 };
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct Report {
     pub session_id: SessionId,
     pub state: State,
-    #[serde(serialize_with = "outcome_str")]
+    #[cfg_attr(test, serde(serialize_with = "outcome_str"))]
     pub outcome: Option<Outcome>,
     pub close_reason: Option<CloseReason>,
     /// The worker's error text: may hold user data, so it is returned but never logged.
-    #[serde(skip)]
+    #[cfg_attr(test, serde(skip))]
     pub close_error: Option<String>,
     pub options: Arc<Options>,
-    #[serde(serialize_with = "opt_ms")]
+    #[cfg_attr(test, serde(serialize_with = "opt_ms"))]
     pub max_duration: Option<Duration>,
     pub capabilities: Capabilities,
     pub created_at: Time,
@@ -33,22 +40,21 @@ pub struct Report {
     pub shutdown_at: Option<Time>,
     pub closed_at: Option<Time>,
     /// From the first end_call to `SHUTDOWN_SESSION`: how long the goodbye took.
-    #[serde(serialize_with = "opt_ms")]
+    #[cfg_attr(test, serde(serialize_with = "opt_ms"))]
     pub goodbye: Option<Duration>,
     pub timeline: Vec<ReportEntry>,
     pub timeline_dropped: u32,
     pub directives: Vec<IssuedDirective>,
 }
 
-/// Serialised by hand as `{"at":..,"event":..}` or `{"at":..,"directive":..}`: serde's
-/// `flatten` goes through a buffering map serialiser, and a report is written for every
-/// session that ends.
+/// Written as `{"at":..,"event":..}` or `{"at":..,"directive":..}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReportEntry {
     pub at: Time,
     pub item: ReportItem,
 }
 
+#[cfg(test)]
 impl Serialize for ReportEntry {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(2))?;
@@ -61,9 +67,11 @@ impl Serialize for ReportEntry {
     }
 }
 
-/// Serialises through `Display`, without an intermediate `String`.
+/// Serialises through `Display`.
+#[cfg(test)]
 struct Text<'a, T>(&'a T);
 
+#[cfg(test)]
 impl<T: fmt::Display> Serialize for Text<'_, T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self.0)
@@ -150,6 +158,7 @@ impl fmt::Display for Described {
     }
 }
 
+#[cfg(test)]
 fn outcome_str<S: Serializer>(outcome: &Option<Outcome>, s: S) -> Result<S::Ok, S::Error> {
     match outcome {
         Some(outcome) => s.serialize_str(outcome.as_str()),
@@ -157,6 +166,7 @@ fn outcome_str<S: Serializer>(outcome: &Option<Outcome>, s: S) -> Result<S::Ok, 
     }
 }
 
+#[cfg(test)]
 fn opt_ms<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => duration_ms::serialize(d, s),
