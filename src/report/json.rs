@@ -10,7 +10,10 @@
 //! tests check that this writer's output is byte for byte what serde_json makes of them. A
 //! field added to the report and forgotten here fails them.
 
-use std::fmt::{self, Write as _};
+use std::{
+    fmt::{self, Write as _},
+    time::Duration,
+};
 
 use super::{Report, ReportEntry, ReportItem};
 use crate::domain::{millis, Capabilities, Directive, IssuedDirective, Options, Time};
@@ -29,17 +32,13 @@ impl Report {
             name(out, v.as_str())
         });
         options(o.key("options"), &self.options);
-        option(o.key("max_duration"), self.max_duration, |out, d| {
-            number(out, millis(d))
-        });
+        option(o.key("max_duration"), self.max_duration, milliseconds);
         capabilities(o.key("capabilities"), self.capabilities);
         time(o.key("created_at"), self.created_at);
         option(o.key("end_call_at"), self.end_call_at, time);
         option(o.key("shutdown_at"), self.shutdown_at, time);
         option(o.key("closed_at"), self.closed_at, time);
-        option(o.key("goodbye"), self.goodbye, |out, d| {
-            number(out, millis(d))
-        });
+        option(o.key("goodbye"), self.goodbye, milliseconds);
         array(o.key("timeline"), &self.timeline, entry);
         number(o.key("timeline_dropped"), u64::from(self.timeline_dropped));
         array(o.key("directives"), &self.directives, directive);
@@ -57,7 +56,7 @@ fn options(out: &mut String, options: &Options) {
     );
     string(o.key("extra_description"), &options.extra_description);
     boolean(o.key("ignore_on_enter"), options.ignore_on_enter);
-    number(o.key("reply_timeout"), millis(options.reply_timeout));
+    milliseconds(o.key("reply_timeout"), options.reply_timeout);
     boolean(o.key("early_reply_capture"), options.early_reply_capture);
     o.close();
 }
@@ -155,6 +154,10 @@ fn number(out: &mut String, n: u64) {
     out.push_str(itoa::Buffer::new().format(n));
 }
 
+fn milliseconds(out: &mut String, d: Duration) {
+    number(out, millis(d));
+}
+
 fn time(out: &mut String, at: Time) {
     number(out, at.as_micros());
 }
@@ -226,7 +229,7 @@ impl fmt::Write for Escaping<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::{sync::Arc, time::Duration};
+    use std::sync::Arc;
 
     use proptest::prelude::*;
 
