@@ -360,8 +360,14 @@ async fn a_failed_journal_write_refuses_events_and_stops_the_sidecar() {
         );
     };
     // The journal's refusal, or, if the request raced the drain that the failure starts, the
-    // closed connection's: both UNAVAILABLE, which a client retries against the restart.
-    assert_eq!(refusal.code(), Code::Unavailable, "{refusal:?}");
+    // closed connection's: UNAVAILABLE, which a client retries against the restart. One race
+    // is the client's own: a request still queued in hyper's client when the drained connection
+    // closes never reaches the server, and tonic reports that as CANCELLED with the transport's
+    // "connection closed" as its source. Either way the event was not acknowledged, and the
+    // restart below checks that every acknowledged one survived.
+    let unsent =
+        refusal.code() == Code::Cancelled && format!("{refusal:?}").contains("connection closed");
+    assert!(refusal.code() == Code::Unavailable || unsent, "{refusal:?}");
     let exit = sidecar.wait().await;
     assert_eq!(exit.code(), Some(1), "the sidecar stops with an error");
     let logs = sidecar.stderr();
