@@ -2,8 +2,9 @@
 //!
 //! Sessions live in a sharded map (dashmap); an event runs its machine under the shard's lock,
 //! which is what orders one session's events without a task per session. The lock is a plain
-//! synchronous one and is never held across an `.await`: everything done under it is
-//! non-blocking (a machine step, a channel send, a watch notification).
+//! synchronous one and is never held across an `.await` (clippy checks that, through the
+//! guard types `clippy.toml` names): everything done under it is non-blocking (a machine step,
+//! a channel send, a watch notification).
 //!
 //! Each session arms at most one timer at a time in the shared timer wheel (`timers.rs`): the
 //! earliest of its machine's deadline, its idle expiry, or (once closed) the end of its
