@@ -774,6 +774,13 @@ async fn latency(args: &Args, ceiling: f64, report: &mut Report) {
 // ---------------------------------------------------------------------------------------------
 // h2load cross-check.
 
+/// A reply's outcome for a check's detail: "OK", or the status.
+fn status_text<T>(reply: &Result<T, tonic::Status>) -> String {
+    reply
+        .as_ref()
+        .map_or_else(|s| s.to_string(), |_| "OK".into())
+}
+
 fn h2load_installed() -> bool {
     Command::new("h2load")
         .arg("--version")
@@ -921,9 +928,7 @@ async fn h2load(args: &Args, tonic_health_rps: Option<f64>, report: &mut Report)
     report.check(
         "h2load bodies: the OnSpeechCreated request succeeds with a real client, first and repeated",
         created_ok.is_ok(),
-        created_ok
-            .as_ref()
-            .map_or_else(|s| s.to_string(), |_| "OK".into()),
+        status_text(&created_ok),
     );
     let clients = connections_for(args.concurrency, args.agents_per_connection);
     let mut results = Vec::new();
@@ -961,9 +966,7 @@ async fn h2load(args: &Args, tonic_health_rps: Option<f64>, report: &mut Report)
     report.check(
         "h2load bodies: after the runs, OnSpeechCreated still succeeds with a real client",
         repeated_ok.is_ok(),
-        repeated_ok
-            .as_ref()
-            .map_or_else(|s| s.to_string(), |_| "OK".into()),
+        status_text(&repeated_ok),
     );
     if let [health, created] = results[..] {
         report.row(
