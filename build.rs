@@ -17,8 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(out_dir.join("endcall_descriptor.bin"), fds.encode_to_vec())?;
 
     tonic_prost_build::configure()
-        // tonic's prost codec with buffers sized for this service's messages (src/codec.rs).
-        .codec_path("crate::codec::SizedCodec")
+        // tonic's prost codec with buffers sized for this service's messages (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::SizedCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

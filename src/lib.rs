@@ -1,31 +1,45 @@
 //! endcall-sidecar: decides when a voice-AI agent's call is over.
 //!
-//! Layers, from the inside out: `domain` (the contract's vocabulary), `machine` (the pure
-//! per-session state machine), `report` (what a session tells about itself), `registry`
-//! (sessions, per-session ordering, timers, expiry, limits), `journal` (durability), `convert`,
-//! `service` and `codec` (the gRPC edge), `server` (listeners, health, reflection, drain),
-//! `config` and `telemetry`; `auth` and `tls` (the optional bearer token and TLS); `runtime`
-//! (the tokio runtime's one setting).
+//! Layers, each depending only on those before it:
+//! - `endcall_core` (its own crate): the contract's vocabulary, the pure state machine, the
+//!   end-of-call report and the tool's definition; no I/O, clock, tokio or protobuf.
+//! - `telemetry`: logs, metrics and the report thread.
+//! - `sessions`: the registry of live sessions (ordering, timers, expiry, limits), the
+//!   journal and the clock.
+//! - `grpc`: the service, the proto-to-domain conversion, codec, errors, limits, auth, TLS.
+//! - `app`: configuration, the server and its drain, the runtime, the probe.
+//!
+//! What is public is what the binary, the tests, the benches and the fuzz target use.
 #![forbid(unsafe_code)]
 
-pub mod auth;
-pub mod clock;
-pub mod codec;
-pub mod config;
-pub mod convert;
-pub mod domain;
-pub mod error;
-pub mod journal;
-pub mod limits;
-pub mod machine;
-pub mod probe;
-pub mod proto;
-pub mod registry;
-pub mod report;
-pub mod runtime;
-pub mod server;
-pub mod service;
+mod app;
+mod grpc;
+mod in_process;
+mod sessions;
 pub mod telemetry;
-pub mod timers;
-pub mod tls;
-pub mod tool;
+
+pub use app::{
+    config::{Cli, Command, Config, ListenAddr},
+    run,
+    runtime::build as runtime,
+    server::{serve, termination, Listener, ServeError},
+};
+pub use endcall_core as contract;
+pub use grpc::service::EndCallApi;
+pub use in_process::InProcess;
+
+/// The API's generated types, clients and servers, and its descriptor set.
+pub mod proto {
+    pub use crate::grpc::proto::{v1, FILE_DESCRIPTOR_SET};
+}
+
+/// Connecting to a sidecar and asking for its health, as `endcall-sidecar probe` does.
+pub mod probe {
+    pub use crate::{
+        app::probe::{check, connect, connect_with, default_server_name, Security},
+        grpc::{
+            auth::{Token, TokenArgs},
+            tls::error_chain,
+        },
+    };
+}

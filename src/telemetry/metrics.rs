@@ -11,7 +11,7 @@ use metrics::{
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use tonic::Code;
 
-use crate::domain::{CloseReason, Directive, Outcome, ShutdownCause, State};
+use endcall_core::domain::{CloseReason, Directive, Outcome, ShutdownCause, State};
 
 pub const RPC_REQUESTS: &str = "endcall_rpc_requests_total";
 pub const RPC_DURATION: &str = "endcall_rpc_duration_seconds";

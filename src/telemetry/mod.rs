@@ -11,7 +11,7 @@ use tracing::{info, Level};
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
-use crate::{config::LogFormat, domain::millis, report::Report};
+use endcall_core::{domain::millis, report::Report};
 
 use self::paced::Paced;
 
@@ -21,6 +21,13 @@ use self::paced::Paced;
 /// about two seconds of end-of-call reports at the highest session rate measured (17,600 a
 /// second, over a Unix socket), should stderr stall.
 const LOG_QUEUE_LINES: usize = 32_768;
+
+/// How log lines are written: `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// The target of the end-of-call report lines.
 const REPORT_TARGET: &str = "endcall::report";

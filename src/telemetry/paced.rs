@@ -21,12 +21,12 @@ use std::{
 /// written, on top of the writing itself. Short next to anything a person tailing the log
 /// would notice; long enough that a busy sidecar writes hundreds of lines a batch. The report
 /// thread gathers its batches for as long, so a report line can take up to twice this.
-pub const PACE: Duration = Duration::from_millis(10);
+pub(super) const PACE: Duration = Duration::from_millis(10);
 
 /// Bytes gathered before they are written without waiting for the end of the batch.
 const BUFFER: usize = 16 * 1024;
 
-pub struct Paced<W: Write> {
+pub(super) struct Paced<W: Write> {
     out: BufWriter<W>,
     pace: Duration,
     /// Whether anything was written since the last flush: an idle log does not pause.
@@ -34,7 +34,7 @@ pub struct Paced<W: Write> {
 }
 
 impl<W: Write> Paced<W> {
-    pub fn new(out: W, pace: Duration) -> Self {
+    pub(super) fn new(out: W, pace: Duration) -> Self {
         Paced {
             out: BufWriter::with_capacity(BUFFER, out),
             pace,

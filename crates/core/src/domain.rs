@@ -1,0 +1,455 @@
+//! The contract's vocabulary: ids, options, events, directives, states and outcomes.
+//!
+//! Nothing here knows about protobuf or tokio; `convert.rs` maps the wire types onto these, so
+//! the state machine and its tests speak the contract's language only.
+
+use std::{fmt, ops::Add, sync::Arc, time::Duration};
+
+use arcstr::ArcStr;
+
+#[cfg(any(test, feature = "serde"))]
+use serde::Serialize;
+
+/// A point in time, in microseconds since the Unix epoch.
+///
+/// Deadlines are absolute wall-clock points rather than `Instant`s so that a report can show
+/// them and a later restart could re-arm them; the registry's clock keeps them monotonic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+#[cfg_attr(any(test, feature = "serde"), serde(transparent))]
+pub struct Time(u64);
+
+impl Time {
+    /// Later than any real time: "not set" where an `Option` would cost another 8 bytes.
+    pub const NEVER: Time = Time(u64::MAX);
+
+    pub const fn from_micros(micros: u64) -> Self {
+        Self(micros)
+    }
+
+    pub const fn as_micros(self) -> u64 {
+        self.0
+    }
+
+    /// The duration from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Time) -> Duration {
+        Duration::from_micros(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl Add<Duration> for Time {
+    type Output = Time;
+
+    fn add(self, rhs: Duration) -> Time {
+        let micros = u64::try_from(rhs.as_micros()).unwrap_or(u64::MAX);
+        Time(self.0.saturating_add(micros))
+    }
+}
+
+/// The id of one agent session (one call), chosen by the worker.
+///
+/// Shared because the registry's map, its timer queue and watch streams all hold it; an
+/// `ArcStr` is one pointer wide (its length lives in the allocation), where an `Arc<str>` is
+/// two, and a million waiting sessions hold an id in each map slot and each wheel entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+#[cfg_attr(any(test, feature = "serde"), serde(transparent))]
+pub struct SessionId(ArcStr);
+
+impl SessionId {
+    pub fn new(id: &str) -> Self {
+        Self(ArcStr::from(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for SessionId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of one speech (a turn) of the agent session, chosen by the framework.
+///
+/// Shared because a session keeps the same id in several places (its tool speeches, its
+/// recent speeches, its timeline): one allocation per distinct id. One pointer wide, like
+/// [`SessionId`]: the timeline entries that hold it then fit in 32 bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+#[cfg_attr(any(test, feature = "serde"), serde(transparent))]
+pub struct SpeechId(ArcStr);
+
+impl SpeechId {
+    pub fn new(id: &str) -> Self {
+        Self(ArcStr::from(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SpeechId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A session's options with every default filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+pub struct Options {
+    pub delete_room: bool,
+    /// `None` is a distinct value: the tool asks for no reply.
+    ///
+    /// Texts are shared (`Arc`): a session with options of its own copies only pointers.
+    pub end_instructions: Option<Arc<str>>,
+    pub extra_description: Arc<str>,
+    pub ignore_on_enter: bool,
+    #[cfg_attr(any(test, feature = "serde"), serde(with = "duration_ms"))]
+    pub reply_timeout: Duration,
+    pub early_reply_capture: bool,
+}
+
+impl Default for Options {
+    /// The reference tool's defaults.
+    fn default() -> Self {
+        Self {
+            delete_room: true,
+            end_instructions: Some(Arc::from("say goodbye to the user")),
+            extra_description: Arc::from(""),
+            ignore_on_enter: false,
+            reply_timeout: Duration::from_secs(5),
+            early_reply_capture: false,
+        }
+    }
+}
+
+/// Options as a request gives them: each `None` falls back to the server's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OptionsPatch {
+    pub delete_room: Option<bool>,
+    /// `Some(None)` asks for no tool output; `None` takes the default.
+    pub end_instructions: Option<Option<Arc<str>>>,
+    pub extra_description: Option<Arc<str>>,
+    pub ignore_on_enter: Option<bool>,
+    pub reply_timeout: Option<Duration>,
+    pub early_reply_capture: Option<bool>,
+}
+
+impl OptionsPatch {
+    /// Fills the gaps from `defaults`. Sharing the result between sessions is the caller's
+    /// (`convert::options`).
+    pub fn over(self, defaults: &Options) -> Options {
+        Options {
+            delete_room: self.delete_room.unwrap_or(defaults.delete_room),
+            end_instructions: self
+                .end_instructions
+                .unwrap_or_else(|| defaults.end_instructions.clone()),
+            extra_description: self
+                .extra_description
+                .unwrap_or_else(|| defaults.extra_description.clone()),
+            ignore_on_enter: self.ignore_on_enter.unwrap_or(defaults.ignore_on_enter),
+            reply_timeout: self.reply_timeout.unwrap_or(defaults.reply_timeout),
+            early_reply_capture: self
+                .early_reply_capture
+                .unwrap_or(defaults.early_reply_capture),
+        }
+    }
+}
+
+/// What the worker's model can do; `None` means "not told".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+pub struct Capabilities {
+    pub realtime: Option<bool>,
+    pub auto_tool_reply: Option<bool>,
+}
+
+impl Capabilities {
+    /// Newer knowledge wins, field by field.
+    pub fn merge(&mut self, newer: Capabilities) {
+        self.realtime = newer.realtime.or(self.realtime);
+        self.auto_tool_reply = newer.auto_tool_reply.or(self.auto_tool_reply);
+    }
+
+    /// Row 3's condition on the model: a realtime model that replies to tools by itself.
+    /// Untold means no, which is the pipeline case.
+    pub fn auto_replies(self) -> bool {
+        self.realtime.unwrap_or(false) && self.auto_tool_reply.unwrap_or(false)
+    }
+}
+
+/// Why the agent session closed, with the reference's string values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+#[cfg_attr(any(test, feature = "serde"), serde(rename_all = "snake_case"))]
+pub enum CloseReason {
+    Error,
+    JobShutdown,
+    ParticipantDisconnected,
+    UserInitiated,
+    TaskCompleted,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 5] = [
+        CloseReason::Error,
+        CloseReason::JobShutdown,
+        CloseReason::ParticipantDisconnected,
+        CloseReason::UserInitiated,
+        CloseReason::TaskCompleted,
+    ];
+
+    /// The string a worker passes to `job_ctx.shutdown(reason=...)`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Error => "error",
+            CloseReason::JobShutdown => "job_shutdown",
+            CloseReason::ParticipantDisconnected => "participant_disconnected",
+            CloseReason::UserInitiated => "user_initiated",
+            CloseReason::TaskCompleted => "task_completed",
+        }
+    }
+}
+
+/// Why `SHUTDOWN_SESSION` was issued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+#[cfg_attr(any(test, feature = "serde"), serde(rename_all = "snake_case"))]
+pub enum ShutdownCause {
+    ToolTurnDone,
+    ReplyPlayedOut,
+    ReplyTimeout,
+    PlayoutGuard,
+    MaxDuration,
+}
+
+impl ShutdownCause {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ShutdownCause::ToolTurnDone => "tool_turn_done",
+            ShutdownCause::ReplyPlayedOut => "reply_played_out",
+            ShutdownCause::ReplyTimeout => "reply_timeout",
+            ShutdownCause::PlayoutGuard => "playout_guard",
+            ShutdownCause::MaxDuration => "max_duration",
+        }
+    }
+}
+
+/// What the worker is told to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Directive {
+    ShutdownSession {
+        cause: ShutdownCause,
+    },
+    DeleteRoom,
+    ShutdownJob {
+        reason: CloseReason,
+    },
+    /// Max call duration reached: ask the agent to say goodbye and end the call.
+    WindUp,
+}
+
+impl Directive {
+    /// Its name in logs and metric labels.
+    pub const fn kind(self) -> &'static str {
+        match self {
+            Directive::ShutdownSession { .. } => "shutdown_session",
+            Directive::DeleteRoom => "delete_room",
+            Directive::ShutdownJob { .. } => "shutdown_job",
+            Directive::WindUp => "wind_up",
+        }
+    }
+}
+
+/// Longest session or speech id, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Why an id is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdProblem {
+    #[error("is required")]
+    Missing,
+    #[error("is {0} bytes, the limit is {MAX_ID_BYTES}")]
+    TooLong(usize),
+    #[error("must not contain control characters")]
+    ControlCharacter,
+}
+
+/// A session or speech id must be present, bounded, and printable (ids end up in logs).
+pub fn check_id(raw: &str) -> Result<(), IdProblem> {
+    if raw.is_empty() {
+        Err(IdProblem::Missing)
+    } else if raw.len() > MAX_ID_BYTES {
+        Err(IdProblem::TooLong(raw.len()))
+    } else if raw.chars().any(char::is_control) {
+        Err(IdProblem::ControlCharacter)
+    } else {
+        Ok(())
+    }
+}
+
+/// Longest free text (`end_instructions`, `extra_description`, `error_message`), in bytes.
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Longest maximum call duration a session may ask for.
+pub const MAX_CALL_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// The largest reply timeout a request or flag may set.
+pub const MAX_REPLY_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The most directives one session can issue: each kind at most once (one SHUTDOWN_SESSION,
+/// one WIND_UP, and DELETE_ROOM and SHUTDOWN_JOB on the one close). A watch stream therefore
+/// never carries more: far less than an HTTP/2 window, so a client that stops reading cannot
+/// keep a stream from ending.
+pub const MAX_DIRECTIVES_PER_SESSION: usize = 4;
+
+/// A directive as issued: numbered and timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IssuedDirective {
+    pub seq: u64,
+    pub at: Time,
+    pub directive: Directive,
+}
+
+/// `{"seq":..,"at":..,"kind":..}` plus the kind's own field: the shape `report/json.rs`
+/// writes, as the tests' oracle.
+#[cfg(any(test, feature = "serde"))]
+impl Serialize for IssuedDirective {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("seq", &self.seq)?;
+        map.serialize_entry("at", &self.at)?;
+        map.serialize_entry("kind", self.directive.kind())?;
+        match self.directive {
+            Directive::ShutdownSession { cause } => map.serialize_entry("cause", &cause)?,
+            Directive::ShutdownJob { reason } => map.serialize_entry("reason", &reason)?,
+            Directive::DeleteRoom | Directive::WindUp => {}
+        }
+        map.end()
+    }
+}
+
+/// The contract's states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+#[cfg_attr(any(test, feature = "serde"), serde(rename_all = "snake_case"))]
+pub enum State {
+    Active,
+    Ending,
+    AwaitingReply,
+    PlayingReply,
+    ShuttingDown,
+    Closed,
+}
+
+impl State {
+    pub const ALL: [State; 6] = [
+        State::Active,
+        State::Ending,
+        State::AwaitingReply,
+        State::PlayingReply,
+        State::ShuttingDown,
+        State::Closed,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            State::Active => "active",
+            State::Ending => "ending",
+            State::AwaitingReply => "awaiting_reply",
+            State::PlayingReply => "playing_reply",
+            State::ShuttingDown => "shutting_down",
+            State::Closed => "closed",
+        }
+    }
+}
+
+/// How a session ended, for the report and the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+#[cfg_attr(any(test, feature = "serde"), serde(rename_all = "snake_case"))]
+pub enum Outcome {
+    /// `SHUTDOWN_SESSION` was issued for this cause.
+    Shutdown(ShutdownCause),
+    /// Closed after end_call, before the sidecar issued `SHUTDOWN_SESSION`.
+    ClosedDuringEndCall,
+    ClosedWithoutEndCall,
+    /// No event for the idle expiry: the worker went away without closing.
+    Expired,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Shutdown(ShutdownCause::ToolTurnDone),
+        Outcome::Shutdown(ShutdownCause::ReplyPlayedOut),
+        Outcome::Shutdown(ShutdownCause::ReplyTimeout),
+        Outcome::Shutdown(ShutdownCause::PlayoutGuard),
+        Outcome::Shutdown(ShutdownCause::MaxDuration),
+        Outcome::ClosedDuringEndCall,
+        Outcome::ClosedWithoutEndCall,
+        Outcome::Expired,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Shutdown(cause) => cause.as_str(),
+            Outcome::ClosedDuringEndCall => "closed_during_end_call",
+            Outcome::ClosedWithoutEndCall => "closed_without_end_call",
+            Outcome::Expired => "expired",
+        }
+    }
+}
+
+/// An event the worker reports (the registry adds none of its own: timers call
+/// [`crate::machine::Session::on_time`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    Open {
+        options: Option<Arc<Options>>,
+        max_duration: Option<Duration>,
+    },
+    EndCall {
+        speech: SpeechId,
+        options: Option<Arc<Options>>,
+        capabilities: Capabilities,
+    },
+    SpeechCreated {
+        speech: SpeechId,
+    },
+    SpeechDone {
+        speech: SpeechId,
+        interrupted: bool,
+        capabilities: Capabilities,
+        tool_output_given: Option<bool>,
+    },
+    SessionClose {
+        reason: CloseReason,
+        error: Option<String>,
+    },
+}
+
+/// A duration in whole milliseconds, the unit people read in reports.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Serde's view of [`millis`], for the tests' oracle of the report's JSON.
+#[cfg(any(test, feature = "serde"))]
+pub(crate) mod duration_ms {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(super::millis(*d))
+    }
+}

@@ -1,0 +1,747 @@
+//! The end-call state machine of one session, as `docs/contract.md` fixes it.
+//!
+//! Pure and synchronous: an event and the current time go in, directives come out and the
+//! session moves on. No clock, no I/O, no tokio, so every row of the contract is a plain unit
+//! test with explicit times, and the registry around it owns concurrency and timers.
+//!
+//! The contract allows `end_call` more than once, so the state is not one enum: each tool
+//! speech and each realtime reply waiter is tracked on its own, and the contract's state is
+//! derived from them (`state()`). With a single end_call this is exactly the table.
+//!
+//! "Row N" in this module and its tests is row N of the state table in `docs/contract.md`.
+
+use std::{sync::Arc, time::Duration};
+
+use smallvec::SmallVec;
+
+use crate::domain::{
+    Capabilities, CloseReason, Directive, Event, IssuedDirective, Options, Outcome, ShutdownCause,
+    SpeechId, State, Time,
+};
+
+/// Server-wide timing of the extensions, passed in rather than stored per session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// How long `ENDING` or `PLAYING_REPLY` may last before `SHUTDOWN_SESSION`.
+    pub playout_guard: Duration,
+    /// After `WIND_UP`, how long the call may go on before `SHUTDOWN_SESSION`.
+    pub wind_up_grace: Duration,
+}
+
+/// How many recently seen speech ids a session remembers, for retries and late `EndCall`s.
+/// Retries and reordering span a few events, not a whole call.
+const RECENT_SPEECHES: usize = 32;
+
+/// How many timeline entries a report keeps (the most recent: the end of a call is what a
+/// report is read for).
+pub const TIMELINE_CAP: usize = 64;
+
+/// Why an event was refused. A refused event changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the session is closed")]
+    Closed,
+    #[error("the session already has different options")]
+    OptionsConflict,
+    #[error("the session already has a different maximum duration")]
+    MaxDurationConflict,
+}
+
+/// What one event did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    pub directives: Vec<IssuedDirective>,
+    /// The event had been seen before and produced nothing new.
+    pub duplicate: bool,
+}
+
+/// A recorded event, for the report's timeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventRecord {
+    Open,
+    EndCall { speech: SpeechId },
+    SpeechCreated { speech: SpeechId },
+    SpeechDone { speech: SpeechId, interrupted: bool },
+    Close { reason: CloseReason },
+    Expired,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TimelineItem {
+    Event {
+        record: EventRecord,
+        duplicate: bool,
+    },
+    /// The directive with this sequence number.
+    Directive(u64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelineEntry {
+    pub at: Time,
+    pub item: TimelineItem,
+}
+
+/// A speech in which the LLM called end_call.
+#[derive(Debug)]
+struct ToolSpeech {
+    id: SpeechId,
+    called_at: Time,
+    done: bool,
+    /// Whether the tool returned an output (row 2 vs row 3).
+    output_given: bool,
+}
+
+/// A realtime wait for the tool reply (rows 3 to 6), one per tool speech on that branch.
+#[derive(Debug)]
+enum Waiter {
+    Awaiting { deadline: Time },
+    Playing { reply: SpeechId, since: Time },
+}
+
+#[derive(Debug)]
+struct RecentSpeech {
+    id: SpeechId,
+    created: bool,
+    done: bool,
+}
+
+/// How and when the session closed: by the worker (with its reason) or by idle expiry.
+#[derive(Debug)]
+struct CloseRecord {
+    at: Time,
+    /// `None`: expired idle, never closed by the worker.
+    reason: Option<CloseReason>,
+    error: Option<String>,
+    /// Index into `directives` of the first directive the close produced.
+    first_directive: usize,
+}
+
+/// What most sessions never need, or need only once they end: boxed together, so a waiting
+/// session pays one pointer for all of it. A waiting session's registry entry must stay
+/// within the allocator's 224-byte size class (see `registry.rs`), and each of these was a
+/// pointer of its own.
+#[derive(Debug, Default)]
+struct RareParts {
+    /// Extension: the maximum duration, and when `WIND_UP` is due.
+    max_duration: Option<(Duration, Time)>,
+    /// Extension (early reply capture): a speech created while `ENDING`, and whether it is done.
+    early_reply: Option<(SpeechId, bool)>,
+    close_record: Option<CloseRecord>,
+}
+
+/// One session's end-call state.
+#[derive(Debug)]
+pub struct Session {
+    options: Arc<Options>,
+    /// Whether a request set the options; until then they are the server's defaults and the
+    /// first request that carries options may still set them.
+    options_fixed: bool,
+    capabilities: Capabilities,
+    created_at: Time,
+    wind_up_issued: bool,
+    /// Almost always one: inline, so the common session allocates nothing for it.
+    tool_speeches: SmallVec<[ToolSpeech; 1]>,
+    waiters: SmallVec<[Waiter; 1]>,
+    /// A `Vec`, not a ring: dropping the oldest of a full one is rare, and a `Vec` is 8 bytes
+    /// narrower in every session.
+    recent: Vec<RecentSpeech>,
+    shutdown: Option<(ShutdownCause, Time)>,
+    /// `None` until a session needs one of its rare or late parts.
+    rare: Option<Box<RareParts>>,
+    directives: Vec<IssuedDirective>,
+    timeline: Vec<TimelineEntry>,
+    timeline_dropped: u32,
+}
+
+impl Session {
+    pub fn new(defaults: Arc<Options>, now: Time) -> Self {
+        Self {
+            options: defaults,
+            options_fixed: false,
+            capabilities: Capabilities::default(),
+            created_at: now,
+            wind_up_issued: false,
+            tool_speeches: SmallVec::new(),
+            waiters: SmallVec::new(),
+            recent: Vec::new(),
+            shutdown: None,
+            rare: None,
+            directives: Vec::new(),
+            timeline: Vec::new(),
+            timeline_dropped: 0,
+        }
+    }
+
+    /// Applies one event reported by the worker.
+    pub fn handle(&mut self, event: Event, now: Time, timing: &Timing) -> Result<Step, Rejection> {
+        // A refused event changes nothing, so refusal is decided before anything moves.
+        self.check(&event)?;
+        let first_new = self.directives.len();
+        // Deadlines that passed before this event act first: the outcome must not depend on
+        // whether the timer or a late event is processed first.
+        self.on_time(now, timing);
+        let duplicate = match event {
+            Event::Open {
+                options,
+                max_duration,
+            } => self.open(options, max_duration, now),
+            Event::EndCall {
+                speech,
+                options,
+                capabilities,
+            } => self.end_call(speech, options, capabilities, now),
+            Event::SpeechCreated { speech } => self.speech_created(speech, now),
+            Event::SpeechDone {
+                speech,
+                interrupted,
+                capabilities,
+                tool_output_given,
+            } => self.speech_done(speech, interrupted, capabilities, tool_output_given, now),
+            Event::SessionClose { reason, error } => {
+                if let Some(close_record) = self.close_record() {
+                    // A repeated close answers what the first one produced.
+                    let first = close_record.first_directive;
+                    self.record(now, EventRecord::Close { reason }, true);
+                    return Ok(Step {
+                        directives: self.directives[first..].to_vec(),
+                        duplicate: true,
+                    });
+                }
+                self.close(reason, error, now);
+                false
+            }
+        };
+        Ok(Step {
+            directives: self.directives[first_new..].to_vec(),
+            duplicate,
+        })
+    }
+
+    /// Whether the event may be applied at all.
+    fn check(&self, event: &Event) -> Result<(), Rejection> {
+        let options = match event {
+            Event::Open {
+                options,
+                max_duration,
+            } => {
+                if let (Some(max), Some((known, _))) = (max_duration, self.max_duration_at()) {
+                    if *max != known {
+                        return Err(Rejection::MaxDurationConflict);
+                    }
+                }
+                options
+            }
+            Event::EndCall { options, .. } => options,
+            _ => return Ok(()),
+        };
+        if self.is_closed() {
+            return Err(Rejection::Closed);
+        }
+        match options {
+            Some(new) if self.options_fixed && **new != *self.options => {
+                Err(Rejection::OptionsConflict)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn open(
+        &mut self,
+        options: Option<Arc<Options>>,
+        max_duration: Option<Duration>,
+        now: Time,
+    ) -> bool {
+        let new_options = options.is_some() && !self.options_fixed;
+        let new_max = max_duration.is_some() && self.max_duration_at().is_none();
+        let duplicate =
+            !new_options && !new_max && self.timeline_has(|r| matches!(r, EventRecord::Open));
+        self.fix_options(options);
+        if let (Some(max), None) = (max_duration, self.max_duration_at()) {
+            self.rare_mut().max_duration = Some((max, now + max));
+        }
+        self.record(now, EventRecord::Open, duplicate);
+        duplicate
+    }
+
+    /// Row 1, and the late-`EndCall` extension.
+    fn end_call(
+        &mut self,
+        speech: SpeechId,
+        options: Option<Arc<Options>>,
+        capabilities: Capabilities,
+        now: Time,
+    ) -> bool {
+        let speech = self.known(speech);
+        self.fix_options(options);
+        if self.tool_speeches.iter().any(|t| t.id == speech) {
+            self.record(now, EventRecord::EndCall { speech }, true);
+            return true;
+        }
+        self.capabilities.merge(capabilities);
+        self.record(
+            now,
+            EventRecord::EndCall {
+                speech: speech.clone(),
+            },
+            false,
+        );
+        let already_done = self.recent(&speech).is_some_and(|r| r.done);
+        self.tool_speeches.push(ToolSpeech {
+            id: speech,
+            called_at: now,
+            done: false,
+            output_given: self.options.end_instructions.is_some(),
+        });
+        if already_done {
+            // The done overtook this EndCall: act as if it came after (late-EndCall extension).
+            let index = self.tool_speeches.len() - 1;
+            self.tool_speech_done(index, now);
+        }
+        false
+    }
+
+    /// Row 4, the early-capture extension, and row 9 for everything else.
+    fn speech_created(&mut self, speech: SpeechId, now: Time) -> bool {
+        let speech = self.known(speech);
+        let seen = self.recent(&speech).is_some_and(|r| r.created);
+        self.record(
+            now,
+            EventRecord::SpeechCreated {
+                speech: speech.clone(),
+            },
+            seen,
+        );
+        if seen {
+            return true;
+        }
+        self.remember(&speech).created = true;
+        if self.is_closed() || self.shutdown.is_some() {
+            return false;
+        }
+        let mut captured = false;
+        for waiter in &mut self.waiters {
+            if let Waiter::Awaiting { .. } = waiter {
+                *waiter = Waiter::Playing {
+                    reply: speech.clone(),
+                    since: now,
+                };
+                captured = true;
+            }
+        }
+        let ending = self.tool_speeches.iter().any(|t| !t.done);
+        if !captured
+            && ending
+            && self.options.early_reply_capture
+            && self.rare().is_none_or(|e| e.early_reply.is_none())
+        {
+            self.rare_mut().early_reply = Some((speech, false));
+        }
+        false
+    }
+
+    /// Rows 2, 3 and 6; a speech that finishes twice counts once.
+    fn speech_done(
+        &mut self,
+        speech: SpeechId,
+        interrupted: bool,
+        capabilities: Capabilities,
+        tool_output_given: Option<bool>,
+        now: Time,
+    ) -> bool {
+        let speech = self.known(speech);
+        let seen = self.recent(&speech).is_some_and(|r| r.done);
+        self.record(
+            now,
+            EventRecord::SpeechDone {
+                speech: speech.clone(),
+                interrupted,
+            },
+            seen,
+        );
+        if seen {
+            return true;
+        }
+        self.remember(&speech).done = true;
+        if self.is_closed() {
+            return false;
+        }
+        // The model in use when the tool's speech is done decides (the reference reads it then).
+        self.capabilities.merge(capabilities);
+        // A waiter's reply first: the reference's waiter awaits the reply before the tool's own
+        // done callback of the same speech runs.
+        if self
+            .waiters
+            .iter()
+            .any(|w| matches!(w, Waiter::Playing { reply, .. } if *reply == speech))
+        {
+            self.shut_down(ShutdownCause::ReplyPlayedOut, now);
+        }
+        if let Some((early, done)) = self
+            .rare
+            .as_deref_mut()
+            .and_then(|e| e.early_reply.as_mut())
+        {
+            if *early == speech {
+                *done = true;
+            }
+        }
+        if let Some(index) = self
+            .tool_speeches
+            .iter()
+            .position(|t| t.id == speech && !t.done)
+        {
+            if let Some(given) = tool_output_given {
+                self.tool_speeches[index].output_given = given;
+            }
+            self.tool_speech_done(index, now);
+        }
+        false
+    }
+
+    /// A tool speech is done: row 2 or row 3 (or early capture, which skips the wait).
+    fn tool_speech_done(&mut self, index: usize, now: Time) {
+        let tool = &mut self.tool_speeches[index];
+        tool.done = true;
+        let output_given = tool.output_given;
+        if self.shutdown.is_some() {
+            return;
+        }
+        if !self.capabilities.auto_replies() || !output_given {
+            self.shut_down(ShutdownCause::ToolTurnDone, now);
+            return;
+        }
+        match self
+            .rare
+            .as_deref_mut()
+            .and_then(|e| e.early_reply.take())
+        {
+            Some((_, true)) => self.shut_down(ShutdownCause::ReplyPlayedOut, now),
+            Some((reply, false)) => self.waiters.push(Waiter::Playing { reply, since: now }),
+            None => self.waiters.push(Waiter::Awaiting {
+                deadline: now + self.options.reply_timeout,
+            }),
+        }
+    }
+
+    /// Rows 7 and 8. A call the sidecar itself ended (the max-duration extension, before any
+    /// end_call) is wound down like one ended by end_call, or a phone caller would be left in
+    /// a room with no agent.
+    fn close(&mut self, reason: CloseReason, error: Option<String>, now: Time) {
+        self.record(now, EventRecord::Close { reason }, false);
+        let first_directive = self.directives.len();
+        if !self.tool_speeches.is_empty() || self.shutdown.is_some() {
+            if self.options.delete_room {
+                self.issue(Directive::DeleteRoom, now);
+            }
+            self.issue(Directive::ShutdownJob { reason }, now);
+        }
+        self.waiters.clear();
+        self.rare_mut().close_record = Some(CloseRecord {
+            at: now,
+            reason: Some(reason),
+            error,
+            first_directive,
+        });
+    }
+
+    /// Ends a session whose worker went away without closing it. Issues nothing: there is
+    /// nobody left to carry a directive out. Returns whether the session was still live.
+    pub fn expire(&mut self, now: Time) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        self.record(now, EventRecord::Expired, false);
+        self.waiters.clear();
+        let first_directive = self.directives.len();
+        self.rare_mut().close_record = Some(CloseRecord {
+            at: now,
+            reason: None,
+            error: None,
+            first_directive,
+        });
+        true
+    }
+
+    /// Applies every deadline that has passed by `now`: the reply timeout (row 5), the playout
+    /// guard and the maximum call duration.
+    pub fn on_time(&mut self, now: Time, timing: &Timing) -> Vec<IssuedDirective> {
+        let first_new = self.directives.len();
+        if !self.is_closed() && self.shutdown.is_none() {
+            if let Some((_, wind_up_at)) = self.max_duration_at() {
+                if !self.wind_up_issued && wind_up_at <= now {
+                    self.wind_up_issued = true;
+                    // Once end_call was called the agent is already saying goodbye.
+                    if self.tool_speeches.is_empty() {
+                        self.issue(Directive::WindUp, now);
+                    }
+                }
+            }
+            if let Some((_, cause)) = self
+                .shutdown_deadlines(timing)
+                .filter(|(at, _)| *at <= now)
+                .min_by_key(|(at, _)| *at)
+            {
+                self.shut_down(cause, now);
+            }
+        }
+        self.directives[first_new..].to_vec()
+    }
+
+    /// When `on_time` next has something to do, if ever.
+    pub fn next_deadline(&self, timing: &Timing) -> Option<Time> {
+        if self.is_closed() || self.shutdown.is_some() {
+            return None;
+        }
+        let wind_up = self
+            .max_duration_at()
+            .filter(|_| !self.wind_up_issued)
+            .map(|(_, at)| at);
+        self.shutdown_deadlines(timing)
+            .map(|(at, _)| at)
+            .chain(wind_up)
+            .min()
+    }
+
+    /// Every pending deadline that would end in `SHUTDOWN_SESSION`, with its cause.
+    fn shutdown_deadlines<'a>(
+        &'a self,
+        timing: &'a Timing,
+    ) -> impl Iterator<Item = (Time, ShutdownCause)> + 'a {
+        let guard = timing.playout_guard;
+        let goodbyes = self
+            .tool_speeches
+            .iter()
+            .filter(|t| !t.done)
+            .map(move |t| (t.called_at + guard, ShutdownCause::PlayoutGuard));
+        let waits = self.waiters.iter().map(move |w| match w {
+            Waiter::Awaiting { deadline } => (*deadline, ShutdownCause::ReplyTimeout),
+            Waiter::Playing { since, .. } => (*since + guard, ShutdownCause::PlayoutGuard),
+        });
+        let max_duration = self.max_duration_at().map(|(_, wind_up_at)| {
+            (
+                wind_up_at + timing.wind_up_grace,
+                ShutdownCause::MaxDuration,
+            )
+        });
+        goodbyes.chain(waits).chain(max_duration)
+    }
+
+    fn shut_down(&mut self, cause: ShutdownCause, now: Time) {
+        // The first SHUTDOWN_SESSION wins; nothing is issued twice.
+        if self.shutdown.is_some() || self.is_closed() {
+            return;
+        }
+        self.shutdown = Some((cause, now));
+        self.waiters.clear();
+        self.issue(Directive::ShutdownSession { cause }, now);
+    }
+
+    fn issue(&mut self, directive: Directive, now: Time) {
+        let seq = self.directives.len() as u64 + 1;
+        self.directives.push(IssuedDirective {
+            seq,
+            at: now,
+            directive,
+        });
+        self.push_timeline(now, TimelineItem::Directive(seq));
+    }
+
+    fn fix_options(&mut self, options: Option<Arc<Options>>) {
+        if let Some(options) = options {
+            if !self.options_fixed {
+                self.options = options;
+                self.options_fixed = true;
+            }
+        }
+    }
+
+    /// The copy of `speech` this session already holds, if it holds one: each request brings
+    /// its own copy of the id, and keeping them all would cost an allocation per event.
+    fn known(&self, speech: SpeechId) -> SpeechId {
+        self.tool_speeches
+            .iter()
+            .map(|t| &t.id)
+            .chain(self.recent.iter().map(|r| &r.id))
+            .find(|known| **known == speech)
+            .cloned()
+            .unwrap_or(speech)
+    }
+
+    fn recent(&self, speech: &SpeechId) -> Option<&RecentSpeech> {
+        self.recent.iter().find(|r| r.id == *speech)
+    }
+
+    fn remember(&mut self, speech: &SpeechId) -> &mut RecentSpeech {
+        let index = match self.recent.iter().position(|r| r.id == *speech) {
+            Some(index) => index,
+            None => {
+                if self.recent.len() == RECENT_SPEECHES {
+                    self.recent.remove(0);
+                }
+                // Most sessions name one or two speeches.
+                start_small(&mut self.recent, 1);
+                self.recent.push(RecentSpeech {
+                    id: speech.clone(),
+                    created: false,
+                    done: false,
+                });
+                self.recent.len() - 1
+            }
+        };
+        &mut self.recent[index]
+    }
+
+    fn record(&mut self, at: Time, record: EventRecord, duplicate: bool) {
+        self.push_timeline(at, TimelineItem::Event { record, duplicate });
+    }
+
+    fn push_timeline(&mut self, at: Time, item: TimelineItem) {
+        if self.timeline.len() == TIMELINE_CAP {
+            self.timeline.remove(0);
+            self.timeline_dropped = self.timeline_dropped.saturating_add(1);
+        }
+        start_small(&mut self.timeline, 2);
+        self.timeline.push(TimelineEntry { at, item });
+    }
+
+    fn timeline_has(&self, pred: impl Fn(&EventRecord) -> bool) -> bool {
+        self.timeline
+            .iter()
+            .any(|e| matches!(&e.item, TimelineItem::Event { record, .. } if pred(record)))
+    }
+
+    /// The contract's state; with several end_calls, the most advanced one.
+    pub fn state(&self) -> State {
+        if self.is_closed() {
+            State::Closed
+        } else if self.shutdown.is_some() {
+            State::ShuttingDown
+        } else if self
+            .waiters
+            .iter()
+            .any(|w| matches!(w, Waiter::Playing { .. }))
+        {
+            State::PlayingReply
+        } else if !self.waiters.is_empty() {
+            State::AwaitingReply
+        } else if self.tool_speeches.iter().any(|t| !t.done) {
+            State::Ending
+        } else {
+            State::Active
+        }
+    }
+
+    /// How the session ended, once it has (`SHUTDOWN_SESSION` or a close).
+    pub fn outcome(&self) -> Option<Outcome> {
+        if let Some((cause, _)) = self.shutdown {
+            return Some(Outcome::Shutdown(cause));
+        }
+        let close_record = self.close_record()?;
+        Some(match close_record.reason {
+            None => Outcome::Expired,
+            Some(_) if self.tool_speeches.is_empty() => Outcome::ClosedWithoutEndCall,
+            Some(_) => Outcome::ClosedDuringEndCall,
+        })
+    }
+
+    /// The tool's output for the LLM: `None` asks for no reply.
+    pub fn tool_output(&self) -> Option<&str> {
+        self.options.end_instructions.as_deref()
+    }
+
+    pub fn options(&self) -> &Arc<Options> {
+        &self.options
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    pub fn max_duration(&self) -> Option<Duration> {
+        self.max_duration_at().map(|(max, _)| max)
+    }
+
+    /// The maximum duration and when `WIND_UP` is due, if the session set one.
+    fn max_duration_at(&self) -> Option<(Duration, Time)> {
+        self.rare().and_then(|e| e.max_duration)
+    }
+
+    pub fn created_at(&self) -> Time {
+        self.created_at
+    }
+
+    pub fn end_call_at(&self) -> Option<Time> {
+        self.tool_speeches.first().map(|t| t.called_at)
+    }
+
+    pub fn shutdown_at(&self) -> Option<Time> {
+        self.shutdown.map(|(_, at)| at)
+    }
+
+    pub fn closed_at(&self) -> Option<Time> {
+        self.close_record().map(|c| c.at)
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.close_record().and_then(|c| c.reason)
+    }
+
+    pub fn close_error(&self) -> Option<&str> {
+        self.close_record().and_then(|c| c.error.as_deref())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.close_record().is_some()
+    }
+
+    fn close_record(&self) -> Option<&CloseRecord> {
+        self.rare()?.close_record.as_ref()
+    }
+
+    fn rare(&self) -> Option<&RareParts> {
+        self.rare.as_deref()
+    }
+
+    fn rare_mut(&mut self) -> &mut RareParts {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Every directive issued so far, in sequence order.
+    pub fn directives(&self) -> &[IssuedDirective] {
+        &self.directives
+    }
+
+    /// The directives with a sequence number greater than `seq`.
+    pub fn directives_after(&self, seq: u64) -> &[IssuedDirective] {
+        let start =
+            usize::try_from(seq).map_or(self.directives.len(), |s| s.min(self.directives.len()));
+        &self.directives[start..]
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.directives.len() as u64
+    }
+
+    pub fn timeline(&self) -> impl Iterator<Item = &TimelineEntry> {
+        self.timeline.iter()
+    }
+
+    pub fn timeline_dropped(&self) -> u32 {
+        self.timeline_dropped
+    }
+}
+
+/// Makes room for one more element, starting at `first` and doubling from there. The
+/// standard growth starts at four: most sessions are short, and a million of them waiting at
+/// once is what the memory budget is for.
+fn start_small<T>(list: &mut Vec<T>, first: usize) {
+    if list.len() == list.capacity() {
+        list.reserve_exact(list.capacity().max(first));
+    }
+}
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;

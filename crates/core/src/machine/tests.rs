@@ -1,0 +1,885 @@
+//! One test (at least) per row of the state table in `docs/contract.md` and per extension, with
+//! explicit times; "Row N" below is that document's row N. `t(ms)` is a time in milliseconds;
+//! the reply timeout is the reference's 5 s.
+
+use super::*;
+use crate::domain::{Capabilities, CloseReason, Directive, Event, Options, ShutdownCause, State};
+
+const TIMING: Timing = Timing {
+    playout_guard: Duration::from_secs(30),
+    wind_up_grace: Duration::from_secs(10),
+};
+
+fn t(ms: u64) -> Time {
+    Time::from_micros(1_700_000_000_000_000 + ms * 1000)
+}
+
+fn sp(id: &str) -> SpeechId {
+    SpeechId::new(id)
+}
+
+fn new_session() -> Session {
+    Session::new(Arc::new(Options::default()), t(0))
+}
+
+fn pipeline() -> Capabilities {
+    Capabilities {
+        realtime: Some(false),
+        auto_tool_reply: Some(false),
+    }
+}
+
+fn realtime(auto_tool_reply: bool) -> Capabilities {
+    Capabilities {
+        realtime: Some(true),
+        auto_tool_reply: Some(auto_tool_reply),
+    }
+}
+
+fn end_call(speech: &str, capabilities: Capabilities) -> Event {
+    Event::EndCall {
+        speech: sp(speech),
+        options: None,
+        capabilities,
+    }
+}
+
+fn end_call_with(speech: &str, capabilities: Capabilities, options: Options) -> Event {
+    Event::EndCall {
+        speech: sp(speech),
+        options: Some(Arc::new(options)),
+        capabilities,
+    }
+}
+
+fn created(speech: &str) -> Event {
+    Event::SpeechCreated { speech: sp(speech) }
+}
+
+fn done(speech: &str) -> Event {
+    Event::SpeechDone {
+        speech: sp(speech),
+        interrupted: false,
+        capabilities: Capabilities::default(),
+        tool_output_given: None,
+    }
+}
+
+fn interrupted(speech: &str) -> Event {
+    Event::SpeechDone {
+        speech: sp(speech),
+        interrupted: true,
+        capabilities: Capabilities::default(),
+        tool_output_given: None,
+    }
+}
+
+fn close(reason: CloseReason) -> Event {
+    Event::SessionClose {
+        reason,
+        error: None,
+    }
+}
+
+/// Applies an event and returns the directives it produced, without sequence and time.
+fn apply(s: &mut Session, event: Event, now: Time) -> Vec<Directive> {
+    kinds(
+        &s.handle(event, now, &TIMING)
+            .expect("event accepted")
+            .directives,
+    )
+}
+
+fn tick(s: &mut Session, now: Time) -> Vec<Directive> {
+    kinds(&s.on_time(now, &TIMING))
+}
+
+fn kinds(directives: &[IssuedDirective]) -> Vec<Directive> {
+    directives.iter().map(|d| d.directive).collect()
+}
+
+fn shutdown(cause: ShutdownCause) -> Directive {
+    Directive::ShutdownSession { cause }
+}
+
+/// A realtime session that reached AWAITING_REPLY at t(2000).
+fn awaiting_reply() -> Session {
+    let mut s = new_session();
+    apply(&mut s, end_call("S", realtime(true)), t(1000));
+    assert!(apply(&mut s, done("S"), t(2000)).is_empty());
+    assert_eq!(s.state(), State::AwaitingReply);
+    s
+}
+
+// ---- Row 1 ----
+
+#[test]
+fn row1_end_call_enters_ending_and_returns_the_tool_output() {
+    let mut s = new_session();
+    let step = s.handle(end_call("S", pipeline()), t(1), &TIMING).unwrap();
+    assert!(step.directives.is_empty());
+    assert!(!step.duplicate);
+    assert_eq!(s.state(), State::Ending);
+    assert_eq!(s.tool_output(), Some("say goodbye to the user"));
+}
+
+#[test]
+fn row1_end_instructions_none_is_a_distinct_output() {
+    let mut s = new_session();
+    let options = Options {
+        end_instructions: None,
+        ..Options::default()
+    };
+    apply(&mut s, end_call_with("S", pipeline(), options), t(1));
+    assert_eq!(s.tool_output(), None);
+    let options = Options {
+        end_instructions: Some(Arc::from("")),
+        ..Options::default()
+    };
+    let mut s = new_session();
+    apply(&mut s, end_call_with("S", pipeline(), options), t(1));
+    assert_eq!(s.tool_output(), Some(""));
+}
+
+// ---- Row 2 ----
+
+#[test]
+fn row2_pipeline_model_shuts_down_when_the_tool_turn_is_done() {
+    let mut s = new_session();
+    apply(&mut s, end_call("S", pipeline()), t(1));
+    let step = s.handle(done("S"), t(2), &TIMING).unwrap();
+    assert_eq!(
+        kinds(&step.directives),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+    assert_eq!(step.directives[0].seq, 1);
+    assert_eq!(step.directives[0].at, t(2));
+    assert_eq!(s.state(), State::ShuttingDown);
+}
+
+#[test]
+fn row2_realtime_model_that_does_not_auto_reply() {
+    let mut s = new_session();
+    apply(&mut s, end_call("S", realtime(false)), t(1));
+    assert_eq!(
+        apply(&mut s, done("S"), t(2)),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+}
+
+#[test]
+fn row2_realtime_auto_reply_but_no_output_asked() {
+    let mut s = new_session();
+    let options = Options {
+        end_instructions: None,
+        ..Options::default()
+    };
+    apply(&mut s, end_call_with("S", realtime(true), options), t(1));
+    assert_eq!(
+        apply(&mut s, done("S"), t(2)),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+}
+
+#[test]
+fn row2_untold_capabilities_mean_a_pipeline_model() {
+    let mut s = new_session();
+    apply(&mut s, end_call("S", Capabilities::default()), t(1));
+    assert_eq!(
+        apply(&mut s, done("S"), t(2)),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+}
+
+#[test]
+fn row2_an_interrupted_goodbye_counts_as_done() {
+    let mut s = new_session();
+    apply(&mut s, end_call("S", pipeline()), t(1));
+    assert_eq!(
+        apply(&mut s, interrupted("S"), t(2)),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+}
+
+#[test]
+fn row2_capabilities_at_done_time_override_those_of_end_call() {
+    // EndCall said auto-reply; the realtime session in use when the speech is done does not.
+    let mut s = new_session();
+    apply(&mut s, end_call("S", realtime(true)), t(1));
+    let done_without_auto_reply = Event::SpeechDone {
+        speech: sp("S"),
+        interrupted: false,
+        capabilities: Capabilities {
+            realtime: None,
+            auto_tool_reply: Some(false),
+        },
+        tool_output_given: None,
+    };
+    assert_eq!(
+        apply(&mut s, done_without_auto_reply, t(2)),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+}
+
+#[test]
+fn row2_output_withdrawn_after_end_call_skips_the_reply_wait() {
+    // The worker's on_tool_completed hook replaced the output with none.
+    let mut s = new_session();
+    apply(&mut s, end_call("S", realtime(true)), t(1));
+    let done_no_output = Event::SpeechDone {
+        speech: sp("S"),
+        interrupted: false,
+        capabilities: Capabilities::default(),
+        tool_output_given: Some(false),
+    };
+    assert_eq!(
+        apply(&mut s, done_no_output, t(2)),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+}
+
+// ---- Row 3 ----
+
+#[test]
+fn row3_realtime_auto_reply_waits_for_the_reply_with_a_deadline() {
+    let s = awaiting_reply();
+    assert_eq!(s.next_deadline(&TIMING), Some(t(7000)));
+}
+
+#[test]
+fn row3_capabilities_given_only_at_done_time() {
+    let mut s = new_session();
+    apply(&mut s, end_call("S", Capabilities::default()), t(1));
+    let done_realtime = Event::SpeechDone {
+        speech: sp("S"),
+        interrupted: false,
+        capabilities: realtime(true),
+        tool_output_given: None,
+    };
+    assert!(apply(&mut s, done_realtime, t(2)).is_empty());
+    assert_eq!(s.state(), State::AwaitingReply);
+}
+
+#[test]
+fn row3_uses_the_session_reply_timeout() {
+    let mut s = new_session();
+    let options = Options {
+        reply_timeout: Duration::from_millis(200),
+        ..Options::default()
+    };
+    apply(&mut s, end_call_with("S", realtime(true), options), t(0));
+    apply(&mut s, done("S"), t(100));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(300)));
+}
+
+// ---- Row 4 ----
+
+#[test]
+fn row4_the_first_speech_created_becomes_the_reply() {
+    let mut s = awaiting_reply();
+    assert!(apply(&mut s, created("R"), t(2500)).is_empty());
+    assert_eq!(s.state(), State::PlayingReply);
+    // The reply deadline is cancelled: only the playout guard is left.
+    assert_eq!(s.next_deadline(&TIMING), Some(t(32_500)));
+    assert!(tick(&mut s, t(7000)).is_empty());
+    // A second speech created does not replace the reply.
+    assert!(apply(&mut s, created("R2"), t(2600)).is_empty());
+    assert!(apply(&mut s, done("R2"), t(2700)).is_empty());
+    assert_eq!(s.state(), State::PlayingReply);
+}
+
+// ---- Row 5 ----
+
+#[test]
+fn row5_reply_timeout_shuts_down() {
+    let mut s = awaiting_reply();
+    assert!(tick(&mut s, t(6999)).is_empty());
+    assert_eq!(
+        tick(&mut s, t(7000)),
+        [shutdown(ShutdownCause::ReplyTimeout)]
+    );
+    assert_eq!(s.state(), State::ShuttingDown);
+    assert_eq!(s.next_deadline(&TIMING), None);
+}
+
+#[test]
+fn row5_a_late_event_applies_a_passed_deadline_first() {
+    // The timer has not fired yet when the reply shows up after the deadline.
+    let mut s = awaiting_reply();
+    assert_eq!(
+        apply(&mut s, created("R"), t(7001)),
+        [shutdown(ShutdownCause::ReplyTimeout)]
+    );
+}
+
+// ---- Row 6 ----
+
+#[test]
+fn row6_reply_played_out_shuts_down() {
+    let mut s = awaiting_reply();
+    apply(&mut s, created("R"), t(2500));
+    assert_eq!(
+        apply(&mut s, done("R"), t(4000)),
+        [shutdown(ShutdownCause::ReplyPlayedOut)]
+    );
+    assert_eq!(s.state(), State::ShuttingDown);
+}
+
+#[test]
+fn row6_interrupted_reply_counts_as_played_out() {
+    let mut s = awaiting_reply();
+    apply(&mut s, created("R"), t(2500));
+    assert_eq!(
+        apply(&mut s, interrupted("R"), t(3000)),
+        [shutdown(ShutdownCause::ReplyPlayedOut)]
+    );
+}
+
+// ---- Row 7 ----
+
+#[test]
+fn row7_close_after_end_call_deletes_the_room_then_shuts_the_job_down() {
+    for reason in CloseReason::ALL {
+        let mut s = new_session();
+        apply(&mut s, end_call("S", pipeline()), t(1));
+        apply(&mut s, done("S"), t(2));
+        let step = s.handle(close(reason), t(3), &TIMING).unwrap();
+        assert_eq!(
+            kinds(&step.directives),
+            [Directive::DeleteRoom, Directive::ShutdownJob { reason }]
+        );
+        assert_eq!(
+            step.directives.iter().map(|d| d.seq).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        assert_eq!(s.state(), State::Closed);
+    }
+}
+
+#[test]
+fn row7_without_delete_room_only_the_job_shuts_down() {
+    let mut s = new_session();
+    let options = Options {
+        delete_room: false,
+        ..Options::default()
+    };
+    apply(&mut s, end_call_with("S", pipeline(), options), t(1));
+    assert_eq!(
+        apply(&mut s, close(CloseReason::UserInitiated), t(2)),
+        [Directive::ShutdownJob {
+            reason: CloseReason::UserInitiated
+        }]
+    );
+}
+
+#[test]
+fn row7_close_before_the_goodbye_finished() {
+    let mut s = new_session();
+    apply(&mut s, end_call("S", pipeline()), t(1));
+    assert_eq!(
+        apply(&mut s, close(CloseReason::ParticipantDisconnected), t(2)),
+        [
+            Directive::DeleteRoom,
+            Directive::ShutdownJob {
+                reason: CloseReason::ParticipantDisconnected
+            }
+        ]
+    );
+    assert_eq!(s.outcome(), Some(Outcome::ClosedDuringEndCall));
+    // The goodbye finishing afterwards changes nothing.
+    assert!(apply(&mut s, done("S"), t(3)).is_empty());
+}
+
+#[test]
+fn row7_close_cancels_a_pending_reply_wait_and_issues_nothing_for_it() {
+    let mut s = awaiting_reply();
+    assert_eq!(
+        apply(&mut s, close(CloseReason::Error), t(3000)),
+        [
+            Directive::DeleteRoom,
+            Directive::ShutdownJob {
+                reason: CloseReason::Error
+            }
+        ]
+    );
+    assert_eq!(s.next_deadline(&TIMING), None);
+    assert!(tick(&mut s, t(60_000)).is_empty());
+}
+
+// ---- Row 8 ----
+
+#[test]
+fn row8_close_without_end_call_issues_nothing() {
+    for reason in CloseReason::ALL {
+        let mut s = new_session();
+        apply(&mut s, created("greeting"), t(1));
+        assert!(apply(&mut s, close(reason), t(2)).is_empty());
+        assert_eq!(s.state(), State::Closed);
+        assert_eq!(s.outcome(), Some(Outcome::ClosedWithoutEndCall));
+    }
+}
+
+// ---- Row 9 ----
+
+#[test]
+fn row9_other_speeches_change_nothing() {
+    let mut s = new_session();
+    assert!(apply(&mut s, created("A"), t(1)).is_empty());
+    assert!(apply(&mut s, done("A"), t(2)).is_empty());
+    assert_eq!(s.state(), State::Active);
+    apply(&mut s, end_call("S", pipeline()), t(3));
+    assert!(apply(&mut s, created("B"), t(4)).is_empty());
+    assert!(apply(&mut s, done("B"), t(5)).is_empty());
+    assert_eq!(s.state(), State::Ending);
+}
+
+// ---- Notes of the contract ----
+
+#[test]
+fn after_shutdown_only_a_close_produces_directives() {
+    let mut s = new_session();
+    apply(&mut s, end_call("S", pipeline()), t(1));
+    apply(&mut s, done("S"), t(2));
+    assert!(apply(&mut s, end_call("S2", pipeline()), t(3)).is_empty());
+    assert!(apply(&mut s, done("S2"), t(4)).is_empty());
+    assert!(tick(&mut s, t(3_600_000)).is_empty());
+    assert_eq!(
+        apply(&mut s, close(CloseReason::UserInitiated), t(5)).len(),
+        2
+    );
+}
+
+#[test]
+fn several_end_calls_each_get_their_own_waiter() {
+    // S1 and S2 both end_call on a realtime model; S1's waiter takes R1, S2's waiter starts
+    // later with its own deadline.
+    let mut s = new_session();
+    apply(&mut s, end_call("S1", realtime(true)), t(0));
+    apply(&mut s, done("S1"), t(1000));
+    apply(&mut s, end_call("S2", realtime(true)), t(1500));
+    apply(&mut s, created("R1"), t(2000));
+    assert_eq!(s.state(), State::PlayingReply);
+    apply(&mut s, done("S2"), t(3000));
+    // S2's waiter deadline is 8000; R1 playing out first ends the call.
+    assert_eq!(
+        apply(&mut s, done("R1"), t(4000)),
+        [shutdown(ShutdownCause::ReplyPlayedOut)]
+    );
+}
+
+#[test]
+fn several_end_calls_first_deadline_wins() {
+    let mut s = new_session();
+    apply(&mut s, end_call("S1", realtime(true)), t(0));
+    apply(&mut s, done("S1"), t(1000));
+    apply(&mut s, end_call("S2", realtime(true)), t(1500));
+    apply(&mut s, done("S2"), t(2000));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(6000)));
+    assert_eq!(
+        tick(&mut s, t(6000)),
+        [shutdown(ShutdownCause::ReplyTimeout)]
+    );
+    assert!(tick(&mut s, t(7000)).is_empty());
+}
+
+#[test]
+fn a_later_pipeline_end_call_ends_the_call_while_a_reply_is_awaited() {
+    let mut s = awaiting_reply();
+    apply(&mut s, end_call("S2", realtime(false)), t(3000));
+    assert_eq!(
+        apply(&mut s, done("S2"), t(3500)),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+}
+
+// ---- Extension: idempotency ----
+
+#[test]
+fn idempotency_duplicate_end_call_is_flagged_and_changes_nothing() {
+    let mut s = new_session();
+    apply(&mut s, end_call("S", pipeline()), t(1));
+    let step = s.handle(end_call("S", pipeline()), t(2), &TIMING).unwrap();
+    assert!(step.duplicate);
+    assert!(step.directives.is_empty());
+    assert_eq!(s.state(), State::Ending);
+}
+
+#[test]
+fn idempotency_a_speech_done_twice_counts_once() {
+    let mut s = new_session();
+    apply(&mut s, end_call("S", pipeline()), t(1));
+    assert_eq!(apply(&mut s, done("S"), t(2)).len(), 1);
+    let step = s.handle(done("S"), t(3), &TIMING).unwrap();
+    assert!(step.duplicate);
+    assert!(step.directives.is_empty());
+}
+
+#[test]
+fn idempotency_a_speech_created_twice_is_not_captured_twice() {
+    // R is captured by the first waiter; its retry must not be taken as the reply of a
+    // waiter that started after R was created.
+    let mut s = new_session();
+    apply(&mut s, end_call("S1", realtime(true)), t(0));
+    apply(&mut s, done("S1"), t(100));
+    apply(&mut s, created("R"), t(200));
+    apply(&mut s, end_call("S2", realtime(true)), t(300));
+    apply(&mut s, done("S2"), t(400));
+    let step = s.handle(created("R"), t(500), &TIMING).unwrap();
+    assert!(step.duplicate);
+    // S2's waiter is still waiting for its own reply (deadline 5400), not playing R.
+    assert_eq!(s.next_deadline(&TIMING), Some(t(5400)));
+    assert_eq!(
+        apply(&mut s, done("R"), t(600)),
+        [shutdown(ShutdownCause::ReplyPlayedOut)]
+    );
+}
+
+#[test]
+fn idempotency_repeated_close_returns_the_first_close_directives() {
+    let mut s = new_session();
+    apply(&mut s, end_call("S", pipeline()), t(1));
+    let first = s
+        .handle(close(CloseReason::UserInitiated), t(2), &TIMING)
+        .unwrap();
+    let again = s.handle(close(CloseReason::Error), t(3), &TIMING).unwrap();
+    assert!(again.duplicate);
+    assert_eq!(first.directives, again.directives);
+    assert_eq!(s.directives().len(), 2);
+    assert_eq!(s.close_reason(), Some(CloseReason::UserInitiated));
+}
+
+#[test]
+fn end_call_on_a_closed_session_is_rejected_and_changes_nothing() {
+    let mut s = new_session();
+    apply(&mut s, close(CloseReason::UserInitiated), t(1));
+    let timeline_len = s.timeline().count();
+    assert_eq!(
+        s.handle(end_call("S", pipeline()), t(2), &TIMING),
+        Err(Rejection::Closed)
+    );
+    assert_eq!(s.timeline().count(), timeline_len);
+    assert_eq!(s.outcome(), Some(Outcome::ClosedWithoutEndCall));
+}
+
+#[test]
+fn speech_events_after_close_change_nothing() {
+    let mut s = new_session();
+    apply(&mut s, end_call("S", pipeline()), t(1));
+    apply(&mut s, close(CloseReason::UserInitiated), t(2));
+    assert!(apply(&mut s, done("S"), t(3)).is_empty());
+    assert!(apply(&mut s, created("X"), t(4)).is_empty());
+    assert_eq!(s.state(), State::Closed);
+    assert_eq!(s.last_seq(), 2);
+}
+
+// ---- Extension: late EndCall ----
+
+#[test]
+fn late_end_call_after_its_speech_is_done_pipeline() {
+    let mut s = new_session();
+    apply(&mut s, created("S"), t(1));
+    assert!(apply(&mut s, done("S"), t(2)).is_empty());
+    assert_eq!(
+        apply(&mut s, end_call("S", pipeline()), t(3)),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+}
+
+#[test]
+fn late_end_call_after_its_speech_is_done_realtime() {
+    let mut s = new_session();
+    apply(&mut s, done("S"), t(2));
+    assert!(apply(&mut s, end_call("S", realtime(true)), t(3)).is_empty());
+    assert_eq!(s.state(), State::AwaitingReply);
+    assert_eq!(s.next_deadline(&TIMING), Some(t(5003)));
+}
+
+#[test]
+fn late_end_call_is_forgotten_after_many_other_speeches() {
+    let mut s = new_session();
+    apply(&mut s, done("S"), t(1));
+    for i in 0..RECENT_SPEECHES {
+        apply(&mut s, done(&format!("other-{i}")), t(2));
+    }
+    assert!(apply(&mut s, end_call("S", pipeline()), t(3)).is_empty());
+    assert_eq!(s.state(), State::Ending);
+}
+
+// ---- Extension: ordering ----
+
+#[test]
+fn sequence_numbers_have_no_gaps_and_replay_by_seq() {
+    let mut s = awaiting_reply();
+    tick(&mut s, t(7000));
+    apply(&mut s, close(CloseReason::UserInitiated), t(8000));
+    let seqs: Vec<u64> = s.directives().iter().map(|d| d.seq).collect();
+    assert_eq!(seqs, [1, 2, 3]);
+    assert_eq!(s.directives_after(0).len(), 3);
+    assert_eq!(s.directives_after(1)[0].seq, 2);
+    assert!(s.directives_after(3).is_empty());
+    assert!(s.directives_after(u64::MAX).is_empty());
+}
+
+// ---- Extension: playout guard ----
+
+#[test]
+fn playout_guard_ends_a_goodbye_whose_done_never_comes() {
+    let mut s = new_session();
+    apply(&mut s, end_call("S", pipeline()), t(1000));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(31_000)));
+    assert!(tick(&mut s, t(30_999)).is_empty());
+    assert_eq!(
+        tick(&mut s, t(31_000)),
+        [shutdown(ShutdownCause::PlayoutGuard)]
+    );
+    assert_eq!(
+        s.outcome(),
+        Some(Outcome::Shutdown(ShutdownCause::PlayoutGuard))
+    );
+}
+
+#[test]
+fn playout_guard_ends_a_reply_whose_playout_hangs() {
+    let mut s = awaiting_reply();
+    apply(&mut s, created("R"), t(3000));
+    assert!(tick(&mut s, t(32_999)).is_empty());
+    assert_eq!(
+        tick(&mut s, t(33_000)),
+        [shutdown(ShutdownCause::PlayoutGuard)]
+    );
+}
+
+#[test]
+fn playout_guard_does_not_apply_while_awaiting_the_reply() {
+    // AWAITING_REPLY has its own deadline; a reply timeout longer than the guard still waits.
+    let mut s = new_session();
+    let options = Options {
+        reply_timeout: Duration::from_secs(40),
+        ..Options::default()
+    };
+    apply(&mut s, end_call_with("S", realtime(true), options), t(0));
+    apply(&mut s, done("S"), t(1000));
+    assert!(tick(&mut s, t(35_000)).is_empty());
+    assert_eq!(
+        tick(&mut s, t(41_000)),
+        [shutdown(ShutdownCause::ReplyTimeout)]
+    );
+}
+
+// ---- Extension: early reply capture ----
+
+fn early_capture() -> Options {
+    Options {
+        early_reply_capture: true,
+        ..Options::default()
+    }
+}
+
+#[test]
+fn early_reply_capture_takes_a_reply_created_before_the_tool_speech_is_done() {
+    let mut s = new_session();
+    apply(
+        &mut s,
+        end_call_with("S", realtime(true), early_capture()),
+        t(0),
+    );
+    apply(&mut s, created("R"), t(500));
+    assert!(apply(&mut s, done("S"), t(1000)).is_empty());
+    assert_eq!(s.state(), State::PlayingReply);
+    assert_eq!(
+        apply(&mut s, done("R"), t(2000)),
+        [shutdown(ShutdownCause::ReplyPlayedOut)]
+    );
+}
+
+#[test]
+fn early_reply_capture_with_the_reply_already_played_out() {
+    let mut s = new_session();
+    apply(
+        &mut s,
+        end_call_with("S", realtime(true), early_capture()),
+        t(0),
+    );
+    apply(&mut s, created("R"), t(500));
+    apply(&mut s, done("R"), t(800));
+    assert_eq!(
+        apply(&mut s, done("S"), t(1000)),
+        [shutdown(ShutdownCause::ReplyPlayedOut)]
+    );
+}
+
+#[test]
+fn early_reply_capture_is_off_by_default_like_the_reference() {
+    // The reference only listens for a reply after the tool speech is done: the early speech
+    // is missed and the wait times out.
+    let mut s = new_session();
+    apply(&mut s, end_call("S", realtime(true)), t(0));
+    apply(&mut s, created("R"), t(500));
+    apply(&mut s, done("S"), t(1000));
+    assert_eq!(s.state(), State::AwaitingReply);
+    assert!(apply(&mut s, done("R"), t(2000)).is_empty());
+    assert_eq!(
+        tick(&mut s, t(6000)),
+        [shutdown(ShutdownCause::ReplyTimeout)]
+    );
+}
+
+#[test]
+fn early_reply_capture_is_ignored_on_the_pipeline_branch() {
+    let mut s = new_session();
+    apply(
+        &mut s,
+        end_call_with("S", pipeline(), early_capture()),
+        t(0),
+    );
+    apply(&mut s, created("R"), t(500));
+    assert_eq!(
+        apply(&mut s, done("S"), t(1000)),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+}
+
+// ---- Extension: max call duration ----
+
+fn open(max: Option<Duration>) -> Event {
+    Event::Open {
+        options: None,
+        max_duration: max,
+    }
+}
+
+#[test]
+fn max_duration_winds_up_then_shuts_down_after_the_grace() {
+    let mut s = new_session();
+    apply(&mut s, open(Some(Duration::from_secs(60))), t(0));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(60_000)));
+    assert_eq!(tick(&mut s, t(60_000)), [Directive::WindUp]);
+    assert_eq!(s.next_deadline(&TIMING), Some(t(70_000)));
+    assert!(tick(&mut s, t(69_999)).is_empty());
+    assert_eq!(
+        tick(&mut s, t(70_000)),
+        [shutdown(ShutdownCause::MaxDuration)]
+    );
+}
+
+#[test]
+fn max_duration_shutdown_then_close_deletes_the_room_and_shuts_the_job_down() {
+    // No end_call ever came, but the sidecar ended the call: the room must not outlive it.
+    let mut s = new_session();
+    apply(&mut s, open(Some(Duration::from_secs(60))), t(0));
+    tick(&mut s, t(60_000));
+    tick(&mut s, t(70_000));
+    assert_eq!(
+        apply(&mut s, close(CloseReason::UserInitiated), t(71_000)),
+        [
+            Directive::DeleteRoom,
+            Directive::ShutdownJob {
+                reason: CloseReason::UserInitiated
+            }
+        ]
+    );
+}
+
+#[test]
+fn max_duration_wind_up_leads_to_a_normal_end_call() {
+    let mut s = new_session();
+    apply(&mut s, open(Some(Duration::from_secs(60))), t(0));
+    tick(&mut s, t(60_000));
+    apply(&mut s, end_call("S", pipeline()), t(61_000));
+    assert_eq!(
+        apply(&mut s, done("S"), t(63_000)),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+    assert!(tick(&mut s, t(70_000)).is_empty());
+}
+
+#[test]
+fn max_duration_skips_wind_up_when_end_call_came_first() {
+    let mut s = new_session();
+    apply(&mut s, open(Some(Duration::from_secs(60))), t(0));
+    apply(&mut s, end_call("S", realtime(true)), t(59_000));
+    assert!(tick(&mut s, t(60_000)).is_empty());
+}
+
+#[test]
+fn open_is_idempotent_and_rejects_a_different_max_duration() {
+    let mut s = new_session();
+    apply(&mut s, open(Some(Duration::from_secs(60))), t(0));
+    let again = s
+        .handle(open(Some(Duration::from_secs(60))), t(1), &TIMING)
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(
+        s.handle(open(Some(Duration::from_secs(30))), t(2), &TIMING),
+        Err(Rejection::MaxDurationConflict)
+    );
+}
+
+// ---- Options ----
+
+#[test]
+fn options_are_fixed_by_the_first_request_that_carries_them() {
+    let mut s = new_session();
+    let custom = Options {
+        delete_room: false,
+        ..Options::default()
+    };
+    apply(
+        &mut s,
+        end_call_with("S1", pipeline(), custom.clone()),
+        t(1),
+    );
+    // The same options again are fine; a request without options keeps them.
+    apply(&mut s, end_call_with("S2", pipeline(), custom), t(2));
+    apply(&mut s, end_call("S3", pipeline()), t(3));
+    assert!(!s.options().delete_room);
+    assert_eq!(
+        s.handle(
+            end_call_with("S4", pipeline(), Options::default()),
+            t(4),
+            &TIMING
+        ),
+        Err(Rejection::OptionsConflict)
+    );
+    assert_eq!(s.tool_speeches.len(), 3);
+}
+
+// ---- Expiry and the report's data ----
+
+#[test]
+fn expiry_closes_without_directives() {
+    let mut s = awaiting_reply();
+    assert!(s.expire(t(9000)));
+    assert!(!s.expire(t(9001)));
+    assert_eq!(s.state(), State::Closed);
+    assert_eq!(s.outcome(), Some(Outcome::Expired));
+    assert!(s.directives().is_empty());
+    assert_eq!(s.next_deadline(&TIMING), None);
+}
+
+#[test]
+fn timeline_keeps_the_most_recent_entries() {
+    let mut s = new_session();
+    for i in 0..(TIMELINE_CAP + 10) {
+        apply(&mut s, created(&format!("A{i}")), t(i as u64));
+    }
+    assert_eq!(s.timeline().count(), TIMELINE_CAP);
+    assert_eq!(s.timeline_dropped(), 10);
+    let first = s.timeline().next().unwrap();
+    assert_eq!(first.at, t(10));
+}
+
+#[test]
+fn report_times_follow_the_call() {
+    let mut s = awaiting_reply();
+    apply(&mut s, created("R"), t(2500));
+    apply(&mut s, done("R"), t(4000));
+    apply(&mut s, close(CloseReason::UserInitiated), t(4500));
+    assert_eq!(s.end_call_at(), Some(t(1000)));
+    assert_eq!(s.shutdown_at(), Some(t(4000)));
+    assert_eq!(s.closed_at(), Some(t(4500)));
+    assert_eq!(
+        s.outcome(),
+        Some(Outcome::Shutdown(ShutdownCause::ReplyPlayedOut))
+    );
+}

@@ -1,0 +1,148 @@
+//! What every refusal and every session report must satisfy, whatever the input.
+
+use endcall_sidecar::proto::v1 as pb;
+use tonic::{Code, Status};
+
+/// Longest status message allowed. A message is a sentence naming the field plus at most one
+/// id (128 bytes), which `{:?}` may escape to at most three times its length.
+pub const MAX_STATUS_MESSAGE: usize = 512;
+
+/// Fields a status message may name, as its `field: ` prefix.
+const FIELDS: &[&str] = &[
+    "session_id",
+    "speech_id",
+    "options",
+    "options.end_instructions.text",
+    "options.end_instructions.none",
+    "options.extra_description",
+    "options.reply_timeout",
+    "max_duration",
+    "reason",
+    "error_message",
+    "extra_description",
+];
+
+/// A refusal is one of the codes this RPC may answer, with a short, printable message that
+/// starts with the field at fault.
+pub(super) fn check_status(method: &str, status: &Status, codes: &[Code]) {
+    let message = status.message();
+    assert!(
+        codes.contains(&status.code()),
+        "{method}: {:?} is not a refusal this RPC makes: {message:?}",
+        status.code()
+    );
+    assert!(
+        message.len() <= MAX_STATUS_MESSAGE,
+        "{method}: a {} byte status message: {message:?}",
+        message.len()
+    );
+    assert!(
+        !message.chars().any(char::is_control),
+        "{method}: a control character in the status message {message:?}"
+    );
+    let field = message.split_once(": ").map(|(field, _)| field);
+    assert!(
+        field.is_some_and(|field| FIELDS.contains(&field)),
+        "{method}: the status message {message:?} does not name a field"
+    );
+}
+
+/// The contract's per-session invariants, on one `GetSession` report.
+pub(super) fn check_report(id: &str, report: &pb::SessionReport) {
+    use pb::DirectiveKind as K;
+    assert_eq!(report.session_id, id);
+    let state = report.state;
+    let closed = state == pb::SessionState::Closed as i32;
+    assert_eq!(
+        closed,
+        report.closed_at.is_some(),
+        "{id:?}: closed_at vs. state"
+    );
+    let kinds: Vec<i32> = report.directives.iter().map(|d| d.kind).collect();
+    let count = |k: K| kinds.iter().filter(|&&x| x == k as i32).count();
+    let position = |k: K| kinds.iter().position(|&x| x == k as i32);
+    let mut last_at = None;
+    for (i, d) in report.directives.iter().enumerate() {
+        assert_eq!(d.seq, i as u64 + 1, "{id:?}: seq numbers {kinds:?}");
+        assert_eq!(d.session_id, id);
+        assert!(
+            K::try_from(d.kind).is_ok_and(|k| k != K::Unspecified),
+            "{id:?}: directive kind {}",
+            d.kind
+        );
+        let at = d.issued_at.map(|t| (t.seconds, t.nanos));
+        assert!(at.is_some() && at >= last_at, "{id:?}: issued_at goes back");
+        last_at = at;
+        if d.kind == K::ShutdownSession as i32 {
+            assert!(
+                pb::ShutdownCause::try_from(d.cause)
+                    .is_ok_and(|c| c != pb::ShutdownCause::Unspecified),
+                "{id:?}: SHUTDOWN_SESSION without a cause"
+            );
+        }
+    }
+    assert!(count(K::ShutdownSession) <= 1, "{id:?}: {kinds:?}");
+    assert!(count(K::WindUp) <= 1, "{id:?}: {kinds:?}");
+    assert!(count(K::DeleteRoom) <= 1, "{id:?}: {kinds:?}");
+    assert!(count(K::ShutdownJob) <= 1, "{id:?}: {kinds:?}");
+    if let Some(job) = position(K::ShutdownJob) {
+        assert_eq!(
+            job + 1,
+            kinds.len(),
+            "{id:?}: after SHUTDOWN_JOB: {kinds:?}"
+        );
+        assert!(closed, "{id:?}: SHUTDOWN_JOB before the close");
+        // Row 7: after an end_call, or after a SHUTDOWN_SESSION of the sidecar's own (the
+        // maximum duration's).
+        assert!(
+            report.end_call_at.is_some() || position(K::ShutdownSession).is_some(),
+            "{id:?}: SHUTDOWN_JOB without end_call or SHUTDOWN_SESSION"
+        );
+    }
+    if let Some(room) = position(K::DeleteRoom) {
+        assert_eq!(
+            position(K::ShutdownJob),
+            Some(room + 1),
+            "{id:?}: DELETE_ROOM not right before SHUTDOWN_JOB: {kinds:?}"
+        );
+        assert!(
+            report.options.as_ref().is_some_and(|o| o.delete_room),
+            "{id:?}: DELETE_ROOM without delete_room"
+        );
+    }
+    if let Some(shutdown) = position(K::ShutdownSession) {
+        // After SHUTDOWN_SESSION, only the close's directives.
+        assert!(
+            kinds[shutdown + 1..]
+                .iter()
+                .all(|&k| k == K::DeleteRoom as i32 || k == K::ShutdownJob as i32),
+            "{id:?}: a directive after SHUTDOWN_SESSION: {kinds:?}"
+        );
+        assert!(
+            closed || state == pb::SessionState::ShuttingDown as i32,
+            "{id:?}: SHUTDOWN_SESSION issued but the state is {state}"
+        );
+        assert!(report.shutdown_at.is_some(), "{id:?}: shutdown_at missing");
+    } else {
+        assert!(
+            state != pb::SessionState::ShuttingDown as i32,
+            "{id:?}: SHUTTING_DOWN without SHUTDOWN_SESSION"
+        );
+    }
+    if position(K::WindUp).is_some() {
+        assert!(
+            report
+                .options
+                .as_ref()
+                .is_some_and(|o| o.max_duration.is_some()),
+            "{id:?}: WIND_UP without max_duration"
+        );
+    }
+    let ending = report.end_call_at.is_some() || position(K::ShutdownSession).is_some();
+    if closed && ending && report.close_reason != 0 {
+        assert!(
+            position(K::ShutdownJob).is_some(),
+            "{id:?}: closed after end_call without SHUTDOWN_JOB: {kinds:?}"
+        );
+    }
+}

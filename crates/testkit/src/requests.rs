@@ -1,0 +1,145 @@
+//! Request builders and what tests check of directives and watch streams.
+
+use std::time::Duration;
+
+use endcall_sidecar::proto::v1::{self as pb, Directive, DirectiveKind, ShutdownCause};
+use tokio::task::JoinHandle;
+use tonic::{transport::Channel, Streaming};
+
+use crate::PATIENCE;
+
+pub fn end_call(session: &str, speech: &str) -> pb::EndCallRequest {
+    pb::EndCallRequest {
+        session_id: session.into(),
+        speech_id: speech.into(),
+        ..Default::default()
+    }
+}
+
+pub fn realtime_end_call(session: &str, speech: &str) -> pb::EndCallRequest {
+    pb::EndCallRequest {
+        capabilities: Some(pb::ModelCapabilities {
+            realtime: Some(true),
+            auto_tool_reply: Some(true),
+        }),
+        ..end_call(session, speech)
+    }
+}
+
+/// A realtime end_call whose reply must be created within `reply_timeout`.
+pub fn realtime_end_call_within(
+    session: &str,
+    speech: &str,
+    reply_timeout: Duration,
+) -> pb::EndCallRequest {
+    pb::EndCallRequest {
+        options: Some(pb::SessionOptions {
+            reply_timeout: Some(prost_types::Duration {
+                seconds: i64::try_from(reply_timeout.as_secs()).unwrap_or(i64::MAX),
+                nanos: i32::try_from(reply_timeout.subsec_nanos()).unwrap_or(0),
+            }),
+            ..Default::default()
+        }),
+        ..realtime_end_call(session, speech)
+    }
+}
+
+pub fn created(session: &str, speech: &str) -> pb::OnSpeechCreatedRequest {
+    pb::OnSpeechCreatedRequest {
+        session_id: session.into(),
+        speech_id: speech.into(),
+    }
+}
+
+pub fn done(session: &str, speech: &str) -> pb::OnSpeechDoneRequest {
+    pb::OnSpeechDoneRequest {
+        session_id: session.into(),
+        speech_id: speech.into(),
+        ..Default::default()
+    }
+}
+
+pub fn close(session: &str, reason: pb::CloseReason) -> pb::OnSessionCloseRequest {
+    pb::OnSessionCloseRequest {
+        session_id: session.into(),
+        reason: reason.into(),
+        error_message: None,
+    }
+}
+
+pub fn watch(session: &str, after_seq: u64) -> pb::WatchSessionRequest {
+    pb::WatchSessionRequest {
+        session_id: session.into(),
+        after_seq,
+    }
+}
+
+/// A directive's kind and, for SHUTDOWN_SESSION and SHUTDOWN_JOB, its cause or reason.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Kind {
+    Shutdown(ShutdownCause),
+    DeleteRoom,
+    ShutdownJob(String),
+    WindUp,
+}
+
+pub fn kind(d: &Directive) -> Kind {
+    match d.kind() {
+        DirectiveKind::ShutdownSession => Kind::Shutdown(d.cause()),
+        DirectiveKind::DeleteRoom => Kind::DeleteRoom,
+        DirectiveKind::ShutdownJob => Kind::ShutdownJob(d.reason.clone()),
+        DirectiveKind::WindUp => Kind::WindUp,
+        DirectiveKind::Unspecified => panic!("unspecified directive kind: {d:?}"),
+    }
+}
+
+pub fn kinds(ds: &[Directive]) -> Vec<Kind> {
+    ds.iter().map(kind).collect()
+}
+
+/// The next directive on a watch stream, failing the test if none comes in time.
+pub async fn next(stream: &mut Streaming<Directive>) -> Directive {
+    tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("a directive in time")
+        .expect("stream ok")
+        .expect("stream still open")
+}
+
+/// Asserts the watch stream ends cleanly (OK, no more messages).
+pub async fn assert_ends(stream: &mut Streaming<Directive>) {
+    let end = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .expect("stream ends in time")
+        .expect("stream ends with OK");
+    assert!(end.is_none(), "unexpected directive {end:?}");
+}
+
+/// Takes the server's one request permit (`--max-concurrent-requests 1`) and keeps it: a
+/// client-streaming call on the unary `GetTool` sends its headers at once and its message
+/// never, so the handler waits holding the permit. A probe of the caller's may hold the permit
+/// at the moment this call arrives, and then this call is the one shed: it tries again until
+/// it is admitted (an admitted call never returns). Abort the task to give the permit back.
+pub fn hold_the_only_permit(channel: Channel) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.expect("ready");
+            let result = grpc
+                .client_streaming::<_, pb::GetToolRequest, pb::ToolDefinition, _>(
+                    tonic::Request::new(tokio_stream::pending()),
+                    tonic::codegen::http::uri::PathAndQuery::from_static(
+                        "/endcall.v1.EndCallService/GetTool",
+                    ),
+                    tonic_prost::ProstCodec::default(),
+                )
+                .await;
+            match result {
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ => return,
+            }
+        }
+    })
+}

@@ -1,4 +1,0 @@
-//! Fuzz targets for endcall-sidecar; see `service` for the input format and the invariants.
-#![forbid(unsafe_code)]
-
-pub mod service;

@@ -1,0 +1,39 @@
+//! The process's side of the registry's hooks: end-of-call reports go to the log, and the
+//! timer task's once-a-second tick lets the allocator give freed memory back.
+
+use endcall_core::report::Report;
+
+use crate::{sessions::registry::Hooks, telemetry};
+
+/// The hooks the server gives its registry.
+pub(crate) struct ProcessHooks;
+
+impl Hooks for ProcessHooks {
+    fn wants_reports(&self) -> bool {
+        telemetry::reports_enabled()
+    }
+
+    fn session_ended(&self, report: Report) {
+        telemetry::session_ended(report);
+    }
+
+    fn housekeeping(&self) {
+        nudge_the_allocator();
+    }
+}
+
+/// Above mimalloc's largest size class (512 KiB): such a block has a page of its own, which
+/// goes back to the allocator the moment the block is freed.
+const NUDGE_BYTES: usize = 1 << 20;
+
+/// Lets the allocator give freed memory back to the system while the sidecar is idle.
+///
+/// mimalloc (the binary's allocator, `src/main.rs`) returns a freed page to the system a
+/// second after it was freed (its purge delay), but only from inside a later page free: an
+/// idle process frees none, so after a burst of sessions has gone, the memory they held would
+/// stay in RSS until traffic came back. Freeing a block this large frees its page, which runs
+/// the purges now due. It costs one allocation a second and writes nothing but the page's
+/// header.
+fn nudge_the_allocator() {
+    drop(std::hint::black_box(Vec::<u8>::with_capacity(NUDGE_BYTES)));
+}

@@ -1,0 +1,438 @@
+//! The one place where protobuf meets the domain: validation of requests (each error names its
+//! field) and mapping of results back onto the wire types.
+
+use std::{cell::RefCell, sync::Arc, time::Duration};
+
+use endcall_core::{domain::{
+        Capabilities, CloseReason, Directive, IssuedDirective, Options, OptionsPatch, Outcome,
+        ShutdownCause, SpeechId, State, Time, check_id, MAX_REPLY_TIMEOUT, MAX_TEXT_BYTES,
+    }, report::{Report, ReportItem}};
+use crate::{grpc::error::ApiError, grpc::proto::v1 as pb};
+
+/// Checks an id against the domain's rule (`domain::check_id`), naming the field.
+pub(crate) fn id<'a>(field: &str, raw: &'a str) -> Result<&'a str, ApiError> {
+    check_id(raw).map_err(|problem| ApiError::invalid(field, problem.to_string()))?;
+    Ok(raw)
+}
+
+pub(crate) fn speech_id(raw: &str) -> Result<SpeechId, ApiError> {
+    id("speech_id", raw).map(SpeechId::new)
+}
+
+/// Checks a free text against [`MAX_TEXT_BYTES`].
+pub(crate) fn text(field: &str, raw: String) -> Result<String, ApiError> {
+    if raw.len() > MAX_TEXT_BYTES {
+        return Err(ApiError::invalid(
+            field,
+            format!("is {} bytes, the limit is {MAX_TEXT_BYTES}", raw.len()),
+        ));
+    }
+    Ok(raw)
+}
+
+/// A protobuf duration as a positive `Duration` of at most `max`.
+pub(crate) fn duration(
+    field: &str,
+    raw: Option<prost_types::Duration>,
+    max: Duration,
+) -> Result<Option<Duration>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let d = Duration::try_from(raw)
+        .map_err(|_| ApiError::invalid(field, "must be a valid, non-negative duration"))?;
+    if d.is_zero() {
+        return Err(ApiError::invalid(field, "must be greater than zero"));
+    }
+    if d > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("is at most {}", humantime::format_duration(max)),
+        ));
+    }
+    Ok(Some(d))
+}
+
+/// Request options resolved against the server's defaults. An absent or empty options
+/// message is "no options": it leaves the session free to get them later.
+pub(crate) fn options(
+    raw: Option<pb::SessionOptions>,
+    defaults: &Arc<Options>,
+) -> Result<Option<Arc<Options>>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let end_instructions = match raw.end_instructions.and_then(|e| e.value) {
+        None => None,
+        Some(pb::end_instructions::Value::Text(t)) => {
+            Some(Some(Arc::from(text("options.end_instructions.text", t)?)))
+        }
+        Some(pb::end_instructions::Value::None(true)) => Some(None),
+        Some(pb::end_instructions::Value::None(false)) => {
+            return Err(ApiError::invalid(
+                "options.end_instructions.none",
+                "must be true when set (set text for an output)",
+            ))
+        }
+    };
+    let patch = OptionsPatch {
+        delete_room: raw.delete_room,
+        end_instructions,
+        extra_description: raw
+            .extra_description
+            .map(|t| text("options.extra_description", t).map(Arc::from))
+            .transpose()?,
+        ignore_on_enter: raw.ignore_on_enter,
+        reply_timeout: duration(
+            "options.reply_timeout",
+            raw.reply_timeout,
+            MAX_REPLY_TIMEOUT,
+        )?,
+        early_reply_capture: raw.early_reply_capture,
+    };
+    if patch == OptionsPatch::default() {
+        return Ok(None);
+    }
+    Ok(Some(shared_options(patch, defaults)))
+}
+
+thread_local! {
+    /// The options this thread resolved last. Agents send the same options call after call
+    /// (they are constants in the agent's code), so their sessions share one allocation
+    /// instead of holding a copy each: 80 bytes per session with options of its own.
+    static LAST_OPTIONS: RefCell<Option<Arc<Options>>> = const { RefCell::new(None) };
+}
+
+/// `patch` over `defaults`, shared with the defaults or with the last options resolved on
+/// this thread when equal to either.
+fn shared_options(patch: OptionsPatch, defaults: &Arc<Options>) -> Arc<Options> {
+    let resolved = patch.over(defaults);
+    if resolved == **defaults {
+        return Arc::clone(defaults);
+    }
+    LAST_OPTIONS.with_borrow_mut(|last| match last {
+        Some(last) if **last == resolved => Arc::clone(last),
+        _ => Arc::clone(last.insert(Arc::new(resolved))),
+    })
+}
+
+pub(crate) fn capabilities(raw: Option<pb::ModelCapabilities>) -> Capabilities {
+    raw.map(|c| Capabilities {
+        realtime: c.realtime,
+        auto_tool_reply: c.auto_tool_reply,
+    })
+    .unwrap_or_default()
+}
+
+pub(crate) fn close_reason(raw: i32) -> Result<CloseReason, ApiError> {
+    match pb::CloseReason::try_from(raw) {
+        Ok(pb::CloseReason::Error) => Ok(CloseReason::Error),
+        Ok(pb::CloseReason::JobShutdown) => Ok(CloseReason::JobShutdown),
+        Ok(pb::CloseReason::ParticipantDisconnected) => Ok(CloseReason::ParticipantDisconnected),
+        Ok(pb::CloseReason::UserInitiated) => Ok(CloseReason::UserInitiated),
+        Ok(pb::CloseReason::TaskCompleted) => Ok(CloseReason::TaskCompleted),
+        Ok(pb::CloseReason::Unspecified) => Err(ApiError::invalid(
+            "reason",
+            "is required (CLOSE_REASON_USER_INITIATED, CLOSE_REASON_ERROR, ...)",
+        )),
+        Err(_) => Err(ApiError::invalid(
+            "reason",
+            format!("{raw} is not a known close reason"),
+        )),
+    }
+}
+
+pub(crate) fn error_message(raw: Option<String>) -> Result<Option<String>, ApiError> {
+    raw.map(|t| text("error_message", t)).transpose()
+}
+
+pub(crate) fn timestamp(time: Time) -> prost_types::Timestamp {
+    let micros = time.as_micros();
+    prost_types::Timestamp {
+        seconds: i64::try_from(micros / 1_000_000).unwrap_or(i64::MAX),
+        // Below 1e9, so it fits.
+        nanos: ((micros % 1_000_000) * 1000) as i32,
+    }
+}
+
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration::try_from(d).unwrap_or(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    })
+}
+
+pub(crate) fn state(state: State) -> pb::SessionState {
+    match state {
+        State::Active => pb::SessionState::Active,
+        State::Ending => pb::SessionState::Ending,
+        State::AwaitingReply => pb::SessionState::AwaitingReply,
+        State::PlayingReply => pb::SessionState::PlayingReply,
+        State::ShuttingDown => pb::SessionState::ShuttingDown,
+        State::Closed => pb::SessionState::Closed,
+    }
+}
+
+fn cause(cause: ShutdownCause) -> pb::ShutdownCause {
+    match cause {
+        ShutdownCause::ToolTurnDone => pb::ShutdownCause::ToolTurnDone,
+        ShutdownCause::ReplyPlayedOut => pb::ShutdownCause::ReplyPlayedOut,
+        ShutdownCause::ReplyTimeout => pb::ShutdownCause::ReplyTimeout,
+        ShutdownCause::PlayoutGuard => pb::ShutdownCause::PlayoutGuard,
+        ShutdownCause::MaxDuration => pb::ShutdownCause::MaxDuration,
+    }
+}
+
+fn reason(reason: CloseReason) -> pb::CloseReason {
+    match reason {
+        CloseReason::Error => pb::CloseReason::Error,
+        CloseReason::JobShutdown => pb::CloseReason::JobShutdown,
+        CloseReason::ParticipantDisconnected => pb::CloseReason::ParticipantDisconnected,
+        CloseReason::UserInitiated => pb::CloseReason::UserInitiated,
+        CloseReason::TaskCompleted => pb::CloseReason::TaskCompleted,
+    }
+}
+
+fn outcome(outcome: Option<Outcome>) -> pb::Outcome {
+    match outcome {
+        None => pb::Outcome::Unspecified,
+        Some(Outcome::Shutdown(ShutdownCause::ToolTurnDone)) => pb::Outcome::ToolTurnDone,
+        Some(Outcome::Shutdown(ShutdownCause::ReplyPlayedOut)) => pb::Outcome::ReplyPlayedOut,
+        Some(Outcome::Shutdown(ShutdownCause::ReplyTimeout)) => pb::Outcome::ReplyTimeout,
+        Some(Outcome::Shutdown(ShutdownCause::PlayoutGuard)) => pb::Outcome::PlayoutGuard,
+        Some(Outcome::Shutdown(ShutdownCause::MaxDuration)) => pb::Outcome::MaxDuration,
+        Some(Outcome::ClosedDuringEndCall) => pb::Outcome::ClosedDuringEndCall,
+        Some(Outcome::ClosedWithoutEndCall) => pb::Outcome::ClosedWithoutEndCall,
+        Some(Outcome::Expired) => pb::Outcome::Expired,
+    }
+}
+
+/// Maps issued directives onto the wire; needs the session id and the server's wind-up text.
+#[derive(Clone, Debug)]
+pub(crate) struct DirectiveMapper {
+    pub wind_up_instructions: Arc<str>,
+}
+
+impl DirectiveMapper {
+    pub(crate) fn directive(&self, session_id: &str, d: &IssuedDirective) -> pb::Directive {
+        let mut out = pb::Directive {
+            seq: d.seq,
+            issued_at: Some(timestamp(d.at)),
+            session_id: session_id.to_owned(),
+            ..pb::Directive::default()
+        };
+        match d.directive {
+            Directive::ShutdownSession { cause: c } => {
+                out.set_kind(pb::DirectiveKind::ShutdownSession);
+                out.set_cause(cause(c));
+            }
+            Directive::DeleteRoom => out.set_kind(pb::DirectiveKind::DeleteRoom),
+            Directive::ShutdownJob { reason } => {
+                out.set_kind(pb::DirectiveKind::ShutdownJob);
+                out.reason = reason.as_str().to_owned();
+            }
+            Directive::WindUp => {
+                out.set_kind(pb::DirectiveKind::WindUp);
+                out.instructions = self.wind_up_instructions.to_string();
+            }
+        }
+        out
+    }
+
+    pub(crate) fn directives(&self, session_id: &str, ds: &[IssuedDirective]) -> Vec<pb::Directive> {
+        ds.iter().map(|d| self.directive(session_id, d)).collect()
+    }
+
+    pub(crate) fn report(&self, report: Report) -> pb::SessionReport {
+        let id = report.session_id.as_str();
+        let by_seq = |seq: u64| report.directives.iter().find(|d| d.seq == seq);
+        let timeline = report
+            .timeline
+            .iter()
+            .map(|entry| pb::TimelineEntry {
+                at: Some(timestamp(entry.at)),
+                entry: Some(match &entry.item {
+                    ReportItem::Event(event) => pb::timeline_entry::Entry::Event(event.to_string()),
+                    ReportItem::Directive(seq) => match by_seq(*seq) {
+                        Some(d) => pb::timeline_entry::Entry::Directive(self.directive(id, d)),
+                        None => pb::timeline_entry::Entry::Event(format!("directive {seq}")),
+                    },
+                }),
+            })
+            .collect();
+        let mut out = pb::SessionReport {
+            session_id: id.to_owned(),
+            options: Some(resolved_options(&report.options, report.max_duration)),
+            capabilities: Some(pb::ModelCapabilities {
+                realtime: report.capabilities.realtime,
+                auto_tool_reply: report.capabilities.auto_tool_reply,
+            }),
+            created_at: Some(timestamp(report.created_at)),
+            end_call_at: report.end_call_at.map(timestamp),
+            shutdown_at: report.shutdown_at.map(timestamp),
+            closed_at: report.closed_at.map(timestamp),
+            goodbye_duration: report.goodbye.map(proto_duration),
+            timeline,
+            timeline_dropped: report.timeline_dropped,
+            directives: self.directives(id, &report.directives),
+            error_message: report.close_error.clone(),
+            ..pb::SessionReport::default()
+        };
+        out.set_state(state(report.state));
+        out.set_outcome(outcome(report.outcome));
+        if let Some(r) = report.close_reason {
+            out.set_close_reason(reason(r));
+        }
+        out
+    }
+}
+
+pub(crate) fn resolved_options(options: &Options, max_duration: Option<Duration>) -> pb::ResolvedOptions {
+    pb::ResolvedOptions {
+        delete_room: options.delete_room,
+        end_instructions: options.end_instructions.as_deref().map(str::to_owned),
+        extra_description: options.extra_description.to_string(),
+        ignore_on_enter: options.ignore_on_enter,
+        reply_timeout: Some(proto_duration(options.reply_timeout)),
+        early_reply_capture: options.early_reply_capture,
+        max_duration: max_duration.map(proto_duration),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use endcall_core::domain::MAX_ID_BYTES;
+
+    fn defaults() -> Arc<Options> {
+        Arc::new(Options::default())
+    }
+
+    #[test]
+    fn ids_are_required_bounded_and_printable() {
+        assert!(id("session_id", "call-1").is_ok());
+        assert!(id("session_id", &"x".repeat(MAX_ID_BYTES)).is_ok());
+        for bad in ["", "a\nb", &"x".repeat(MAX_ID_BYTES + 1)] {
+            let err = id("session_id", bad).unwrap_err();
+            assert!(err.to_string().starts_with("session_id: "), "{err}");
+        }
+    }
+
+    #[test]
+    fn empty_options_are_no_options() {
+        assert_eq!(options(None, &defaults()).unwrap(), None);
+        let empty = pb::SessionOptions::default();
+        assert_eq!(options(Some(empty), &defaults()).unwrap(), None);
+    }
+
+    #[test]
+    fn sessions_with_the_same_options_share_one_allocation() {
+        let defaults = defaults();
+        let timeout = |seconds| pb::SessionOptions {
+            reply_timeout: Some(prost_types::Duration { seconds, nanos: 0 }),
+            ..Default::default()
+        };
+        let first = options(Some(timeout(600)), &defaults).unwrap().unwrap();
+        let again = options(Some(timeout(600)), &defaults).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first.reply_timeout, Duration::from_secs(600));
+        let other = options(Some(timeout(7)), &defaults).unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(other.reply_timeout, Duration::from_secs(7));
+        // Options spelled out but equal to the defaults are the defaults.
+        let same = options(Some(timeout(5)), &defaults).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&same, &defaults));
+    }
+
+    #[test]
+    fn end_instructions_none_and_text_are_distinct() {
+        let none = pb::SessionOptions {
+            end_instructions: Some(pb::EndInstructions {
+                value: Some(pb::end_instructions::Value::None(true)),
+            }),
+            ..Default::default()
+        };
+        let resolved = options(Some(none), &defaults()).unwrap().unwrap();
+        assert_eq!(resolved.end_instructions, None);
+        let text = pb::SessionOptions {
+            end_instructions: Some(pb::EndInstructions {
+                value: Some(pb::end_instructions::Value::Text(String::new())),
+            }),
+            ..Default::default()
+        };
+        let resolved = options(Some(text), &defaults()).unwrap().unwrap();
+        assert_eq!(resolved.end_instructions.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn malformed_options_name_their_field() {
+        let cases = [
+            (
+                pb::SessionOptions {
+                    end_instructions: Some(pb::EndInstructions {
+                        value: Some(pb::end_instructions::Value::None(false)),
+                    }),
+                    ..Default::default()
+                },
+                "options.end_instructions.none",
+            ),
+            (
+                pb::SessionOptions {
+                    extra_description: Some("x".repeat(MAX_TEXT_BYTES + 1)),
+                    ..Default::default()
+                },
+                "options.extra_description",
+            ),
+            (
+                pb::SessionOptions {
+                    reply_timeout: Some(prost_types::Duration {
+                        seconds: -1,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                },
+                "options.reply_timeout",
+            ),
+            (
+                pb::SessionOptions {
+                    reply_timeout: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                },
+                "options.reply_timeout",
+            ),
+            (
+                pb::SessionOptions {
+                    reply_timeout: Some(prost_types::Duration {
+                        seconds: 3600,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                },
+                "options.reply_timeout",
+            ),
+        ];
+        for (raw, field) in cases {
+            let err = options(Some(raw), &defaults()).unwrap_err();
+            assert!(err.to_string().starts_with(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn close_reasons_map_to_the_reference_strings() {
+        assert_eq!(
+            close_reason(pb::CloseReason::ParticipantDisconnected as i32).unwrap(),
+            CloseReason::ParticipantDisconnected
+        );
+        assert!(close_reason(0).is_err());
+        assert!(close_reason(99)
+            .unwrap_err()
+            .to_string()
+            .starts_with("reason: "));
+    }
+
+    #[test]
+    fn timestamps_keep_microseconds() {
+        let ts = timestamp(Time::from_micros(1_700_000_000_123_456));
+        assert_eq!(ts.seconds, 1_700_000_000);
+        assert_eq!(ts.nanos, 123_456_000);
+    }
+}

@@ -1,0 +1,268 @@
+//! The registry on tokio's paused clock: timers fire at their time, to the millisecond,
+//! without the test waiting for them.
+
+use tokio::time::{advance, sleep};
+
+use super::*;
+use endcall_core::domain::{Capabilities, CloseReason, Directive, Outcome, ShutdownCause, SpeechId};
+
+fn settings() -> Settings {
+    Settings {
+        defaults: Arc::new(Options::default()),
+        timing: Timing {
+            playout_guard: Duration::from_secs(30),
+            wind_up_grace: Duration::from_secs(10),
+        },
+        closed_retention: Duration::from_secs(60),
+        idle_expiry: Duration::from_secs(600),
+        max_sessions: 10,
+    }
+}
+
+fn realtime_end_call(speech: &str) -> Event {
+    Event::EndCall {
+        speech: SpeechId::new(speech),
+        options: None,
+        capabilities: Capabilities {
+            realtime: Some(true),
+            auto_tool_reply: Some(true),
+        },
+    }
+}
+
+fn done(speech: &str) -> Event {
+    Event::SpeechDone {
+        speech: SpeechId::new(speech),
+        interrupted: false,
+        capabilities: Capabilities::default(),
+        tool_output_given: None,
+    }
+}
+
+fn close() -> Event {
+    Event::SessionClose {
+        reason: CloseReason::UserInitiated,
+        error: None,
+    }
+}
+
+/// Lets the timer task run what is due at the current (paused) time.
+async fn settle_timers() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reply_timeout_fires_at_its_deadline_and_wakes_watchers() {
+    let registry = Registry::start(settings(), Wiring::on_current_runtime()).unwrap();
+    registry.apply("s", realtime_end_call("S")).unwrap();
+    registry.apply("s", done("S")).unwrap();
+    let poll = registry.poll_watch("s", 0, 10, false).unwrap();
+    assert!(poll.directives.is_empty());
+    let mut changed = poll.changed.unwrap();
+
+    advance(Duration::from_millis(4999)).await;
+    settle_timers().await;
+    assert_eq!(registry.report("s").unwrap().state, State::AwaitingReply);
+
+    advance(Duration::from_millis(1)).await;
+    settle_timers().await;
+    changed.changed().await.unwrap();
+    let poll = registry.poll_watch("s", 0, 10, false).unwrap();
+    assert_eq!(
+        poll.directives[0].directive,
+        Directive::ShutdownSession {
+            cause: ShutdownCause::ReplyTimeout
+        }
+    );
+    let report = registry.report("s").unwrap();
+    assert_eq!(report.goodbye, Some(Duration::from_secs(5)));
+}
+
+/// After a large drop the timer task moves the pending entries into a fresh wheel: the
+/// sessions that were waiting keep their deadlines, and their keys keep working.
+#[tokio::test(start_paused = true)]
+async fn the_wheel_rebuilt_after_a_large_drop_keeps_every_pending_deadline() {
+    let settings = Settings {
+        max_sessions: 1000,
+        ..settings()
+    };
+    let registry = Registry::start(settings, Wiring::on_current_runtime()).unwrap();
+    let active = || Event::SpeechCreated {
+        speech: SpeechId::new("A"),
+    };
+    for i in 0..300 {
+        registry.apply(&format!("gone-{i}"), close()).unwrap();
+    }
+    // Armed after the others, so their keys in the new wheel differ from the old ones.
+    for keeper in ["keep-1", "keep-2"] {
+        registry.apply(keeper, active()).unwrap();
+    }
+    settle_timers().await;
+    // Past the retention and a housekeeping tick: 300 dropped, 2 left in a wheel with room
+    // for 300, which is rebuilt.
+    sleep(Duration::from_secs(62)).await;
+    settle_timers().await;
+    assert!(registry.report("gone-0").is_none());
+    // An earlier deadline moves keep-1's entry, by the key it was given in the new wheel.
+    registry.apply("keep-1", realtime_end_call("S")).unwrap();
+    registry.apply("keep-1", done("S")).unwrap();
+    sleep(Duration::from_secs(5)).await;
+    settle_timers().await;
+    let report = registry.report("keep-1").unwrap();
+    assert_eq!(
+        report.directives[0].directive,
+        Directive::ShutdownSession {
+            cause: ShutdownCause::ReplyTimeout
+        }
+    );
+    // keep-2 expires idle at 600 s, then is dropped after its retention: both need its
+    // entry to have been found by its key.
+    sleep(Duration::from_secs(600 - 67)).await;
+    settle_timers().await;
+    assert_eq!(
+        registry.report("keep-2").unwrap().outcome,
+        Some(Outcome::Expired)
+    );
+    sleep(Duration::from_secs(60)).await;
+    settle_timers().await;
+    assert!(registry.report("keep-2").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_deadline_leaves_the_next_one_armed() {
+    // The reply arrives (cancelling the reply deadline); the playout guard still fires.
+    let registry = Registry::start(settings(), Wiring::on_current_runtime()).unwrap();
+    registry.apply("s", realtime_end_call("S")).unwrap();
+    registry.apply("s", done("S")).unwrap();
+    registry
+        .apply(
+            "s",
+            Event::SpeechCreated {
+                speech: SpeechId::new("R"),
+            },
+        )
+        .unwrap();
+    sleep(Duration::from_secs(29)).await;
+    settle_timers().await;
+    assert_eq!(registry.report("s").unwrap().state, State::PlayingReply);
+    sleep(Duration::from_secs(1)).await;
+    settle_timers().await;
+    let report = registry.report("s").unwrap();
+    assert_eq!(
+        report.directives[0].directive,
+        Directive::ShutdownSession {
+            cause: ShutdownCause::PlayoutGuard
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_sessions_expire_and_closed_ones_are_dropped_after_retention() {
+    let registry = Registry::start(settings(), Wiring::on_current_runtime()).unwrap();
+    registry
+        .apply(
+            "idle",
+            Event::SpeechCreated {
+                speech: SpeechId::new("A"),
+            },
+        )
+        .unwrap();
+    assert_eq!(registry.live_sessions(), 1);
+    // Activity pushes the expiry back.
+    sleep(Duration::from_secs(500)).await;
+    registry.apply("idle", done("A")).unwrap();
+    sleep(Duration::from_secs(500)).await;
+    settle_timers().await;
+    assert_eq!(registry.report("idle").unwrap().state, State::Active);
+
+    sleep(Duration::from_secs(100)).await;
+    settle_timers().await;
+    let report = registry.report("idle").unwrap();
+    assert_eq!(report.state, State::Closed);
+    assert_eq!(report.outcome, Some(endcall_core::domain::Outcome::Expired));
+    assert_eq!(registry.live_sessions(), 0);
+
+    sleep(Duration::from_secs(60)).await;
+    settle_timers().await;
+    assert!(registry.report("idle").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_session_is_dropped_after_an_earlier_stale_timer_fired() {
+    // The usual call: the playout guard (30 s) is armed at EndCall; the session ends and
+    // closes at once, so the guard comes due as a stale timer before the retention (60 s)
+    // ends. The session must still be dropped when its retention ends.
+    let registry = Registry::start(settings(), Wiring::on_current_runtime()).unwrap();
+    registry
+        .apply(
+            "s",
+            Event::EndCall {
+                speech: SpeechId::new("S"),
+                options: None,
+                capabilities: Capabilities::default(),
+            },
+        )
+        .unwrap();
+    registry.apply("s", done("S")).unwrap();
+    registry.apply("s", close()).unwrap();
+    sleep(Duration::from_secs(31)).await;
+    settle_timers().await;
+    assert!(registry.report("s").is_some(), "kept during its retention");
+    sleep(Duration::from_secs(30)).await;
+    settle_timers().await;
+    assert!(
+        registry.report("s").is_none(),
+        "dropped once its retention ended"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_closed_session_ends_its_watchers() {
+    let registry = Registry::start(settings(), Wiring::on_current_runtime()).unwrap();
+    registry.apply("s", close()).unwrap();
+    let poll = registry.poll_watch("s", 0, 10, false).unwrap();
+    assert!(poll.finished);
+    let mut changed = poll.changed.unwrap();
+    sleep(Duration::from_secs(61)).await;
+    settle_timers().await;
+    assert!(changed.changed().await.is_err());
+    let poll = registry.poll_watch("s", 0, 10, false).unwrap();
+    assert!(poll.finished && poll.changed.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cap_counts_live_sessions_only() {
+    let mut settings = settings();
+    settings.max_sessions = 2;
+    let registry = Registry::start(settings, Wiring::on_current_runtime()).unwrap();
+    registry.apply("a", done("x")).unwrap();
+    registry.apply("b", done("x")).unwrap();
+    assert_eq!(
+        registry.apply("c", done("x")).unwrap_err(),
+        RegistryError::TooManySessions { limit: 2 }
+    );
+    assert!(registry.report("c").is_none());
+    registry.apply("a", close()).unwrap();
+    registry.apply("c", done("x")).unwrap();
+    assert_eq!(registry.live_sessions(), 2);
+    // Events for existing sessions are never refused by the cap.
+    registry.apply("b", close()).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn watch_polls_are_batched() {
+    let registry = Registry::start(settings(), Wiring::on_current_runtime()).unwrap();
+    registry.apply("s", realtime_end_call("S")).unwrap();
+    registry.apply("s", done("S")).unwrap();
+    sleep(Duration::from_secs(6)).await;
+    settle_timers().await;
+    registry.apply("s", close()).unwrap();
+    let poll = registry.poll_watch("s", 0, 2, false).unwrap();
+    assert_eq!(poll.directives.len(), 2);
+    assert!(!poll.finished);
+    let poll = registry.poll_watch("s", 2, 2, false).unwrap();
+    assert_eq!(poll.directives.len(), 1);
+    assert!(poll.finished);
+}

@@ -1,0 +1,298 @@
+//! Bad input for every RPC: the contract's status code, a message naming the field, and no
+//! change to any session.
+
+
+use endcall_testkit::*;
+use endcall_sidecar::proto::v1::{self as pb, CloseReason};
+use tonic::{Code, Status};
+
+fn assert_status(result: Result<impl std::fmt::Debug, Status>, code: Code, field: &str) {
+    let status = result.expect_err("request must be refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().starts_with(&format!("{field}:")),
+        "message {:?} should name {field}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn missing_and_oversized_ids_are_invalid_for_every_rpc() {
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client().await;
+    let long = "x".repeat(129);
+    for id in ["", long.as_str(), "line\nbreak"] {
+        let field = "session_id";
+        let code = Code::InvalidArgument;
+        assert_status(c.end_call(end_call(id, "S")).await, code, field);
+        assert_status(c.on_speech_created(created(id, "S")).await, code, field);
+        assert_status(c.on_speech_done(done(id, "S")).await, code, field);
+        assert_status(
+            c.on_session_close(close(id, CloseReason::UserInitiated))
+                .await,
+            code,
+            field,
+        );
+        assert_status(
+            c.open_session(pb::OpenSessionRequest {
+                session_id: id.into(),
+                ..Default::default()
+            })
+            .await,
+            code,
+            field,
+        );
+        assert_status(
+            c.get_session(pb::GetSessionRequest {
+                session_id: id.into(),
+            })
+            .await,
+            code,
+            field,
+        );
+        assert_status(c.watch_session(watch(id, 0)).await, code, field);
+
+        let field = "speech_id";
+        assert_status(c.end_call(end_call("s", id)).await, code, field);
+        assert_status(c.on_speech_created(created("s", id)).await, code, field);
+        assert_status(c.on_speech_done(done("s", id)).await, code, field);
+    }
+    // None of it created a session.
+    let missing = c
+        .get_session(pb::GetSessionRequest {
+            session_id: "s".into(),
+        })
+        .await;
+    assert_eq!(missing.unwrap_err().code(), Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_or_missing_close_reason_is_invalid() {
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client().await;
+    c.end_call(end_call("cr", "S")).await.unwrap();
+    for reason in [0, 42] {
+        let request = pb::OnSessionCloseRequest {
+            session_id: "cr".into(),
+            reason,
+            error_message: None,
+        };
+        assert_status(
+            c.on_session_close(request).await,
+            Code::InvalidArgument,
+            "reason",
+        );
+    }
+    let request = pb::OnSessionCloseRequest {
+        error_message: Some("e".repeat(5000)),
+        ..close("cr", CloseReason::Error)
+    };
+    assert_status(
+        c.on_session_close(request).await,
+        Code::InvalidArgument,
+        "error_message",
+    );
+    // The session is still ending: nothing above closed it.
+    let reply = c
+        .on_speech_done(done("cr", "S"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.directives.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_options_are_invalid() {
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client().await;
+    let cases = [
+        (
+            pb::SessionOptions {
+                reply_timeout: Some(prost_types::Duration {
+                    seconds: -5,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "options.reply_timeout",
+        ),
+        (
+            pb::SessionOptions {
+                end_instructions: Some(pb::EndInstructions {
+                    value: Some(pb::end_instructions::Value::None(false)),
+                }),
+                ..Default::default()
+            },
+            "options.end_instructions.none",
+        ),
+        (
+            pb::SessionOptions {
+                end_instructions: Some(pb::EndInstructions {
+                    value: Some(pb::end_instructions::Value::Text("y".repeat(5000))),
+                }),
+                ..Default::default()
+            },
+            "options.end_instructions.text",
+        ),
+    ];
+    for (options, field) in cases {
+        let request = pb::EndCallRequest {
+            options: Some(options.clone()),
+            ..end_call("mo", "S")
+        };
+        assert_status(c.end_call(request).await, Code::InvalidArgument, field);
+        let request = pb::OpenSessionRequest {
+            session_id: "mo".into(),
+            options: Some(options),
+            max_duration: None,
+        };
+        assert_status(c.open_session(request).await, Code::InvalidArgument, field);
+    }
+    let request = pb::OpenSessionRequest {
+        session_id: "mo".into(),
+        options: None,
+        max_duration: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 0,
+        }),
+    };
+    assert_status(
+        c.open_session(request).await,
+        Code::InvalidArgument,
+        "max_duration",
+    );
+    let request = pb::GetToolRequest {
+        extra_description: Some("z".repeat(5000)),
+        ignore_on_enter: None,
+    };
+    assert_status(
+        c.get_tool(request).await,
+        Code::InvalidArgument,
+        "extra_description",
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn end_call_on_a_closed_session_fails_its_precondition() {
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client().await;
+    c.on_session_close(close("closed", CloseReason::UserInitiated))
+        .await
+        .unwrap();
+    assert_status(
+        c.end_call(end_call("closed", "S")).await,
+        Code::FailedPrecondition,
+        "session_id",
+    );
+    let report = c
+        .get_session(pb::GetSessionRequest {
+            session_id: "closed".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(report.end_call_at.is_none());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn different_options_for_a_session_fail_their_precondition_and_change_nothing() {
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client().await;
+    let keep_room = pb::SessionOptions {
+        delete_room: Some(false),
+        ..Default::default()
+    };
+    c.end_call(pb::EndCallRequest {
+        options: Some(keep_room),
+        ..end_call("oc", "S1")
+    })
+    .await
+    .unwrap();
+    let delete_room = pb::SessionOptions {
+        delete_room: Some(true),
+        ..Default::default()
+    };
+    assert_status(
+        c.end_call(pb::EndCallRequest {
+            options: Some(delete_room),
+            ..end_call("oc", "S2")
+        })
+        .await,
+        Code::FailedPrecondition,
+        "options",
+    );
+    let report = c
+        .get_session(pb::GetSessionRequest {
+            session_id: "oc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        report.timeline.len(),
+        1,
+        "the refused EndCall left no trace"
+    );
+    assert!(!report.options.unwrap().delete_room);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn get_session_of_an_unknown_session_is_not_found() {
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client().await;
+    assert_status(
+        c.get_session(pb::GetSessionRequest {
+            session_id: "nobody".into(),
+        })
+        .await,
+        Code::NotFound,
+        "session_id",
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_resource_exhausted() {
+    let server = TestServer::start(&["--max-request-bytes", "1024"]).await;
+    let mut c = server.client().await;
+    let request = pb::EndCallRequest {
+        options: Some(pb::SessionOptions {
+            extra_description: Some("x".repeat(2000)),
+            ..Default::default()
+        }),
+        ..end_call("big", "S")
+    };
+    let status = c.end_call(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("1024"), "{status:?}");
+    // A normal request on the same connection still works.
+    c.end_call(end_call("big", "S")).await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_live_session_cap_answers_resource_exhausted() {
+    let server = TestServer::start(&["--max-sessions", "2"]).await;
+    let mut c = server.client().await;
+    c.end_call(end_call("cap1", "S")).await.unwrap();
+    c.end_call(end_call("cap2", "S")).await.unwrap();
+    let status = c.end_call(end_call("cap3", "S")).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("--max-sessions"), "{status:?}");
+    assert_eq!(
+        c.watch_session(watch("cap3", 0)).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    // Existing sessions go on; a closed one frees its place.
+    c.on_session_close(close("cap1", CloseReason::UserInitiated))
+        .await
+        .unwrap();
+    c.end_call(end_call("cap3", "S")).await.unwrap();
+    c.on_speech_done(done("cap2", "S")).await.unwrap();
+    server.stop().await;
+}
