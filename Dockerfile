@@ -42,8 +42,10 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /src/recipe.json recipe.json
-# The build flags (--cfg tokio_unstable, see src/runtime.rs), before the dependencies are built
-# with them.
+# tokio's unstable API turns the runtime's LIFO slot off (src/app/runtime.rs). Set here
+# explicitly, not only through .cargo/config.toml, so that a RUSTFLAGS from the build
+# environment cannot silently drop it; the dependencies are built with it too.
+ENV RUSTFLAGS="--cfg tokio_unstable"
 COPY .cargo .cargo
 # Dependencies only (including the build-dependencies protox / tonic-prost-build).
 RUN cargo chef cook --release --locked --recipe-path recipe.json

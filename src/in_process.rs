@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::config::{Cli, Config},
-    grpc::service::EndCallApi,
     app::housekeeping::ProcessHooks,
+    grpc::service::EndCallApi,
     sessions::{
         clock::Clock,
         registry::{Registry, TimerThread, Wiring},

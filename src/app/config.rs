@@ -9,8 +9,17 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::telemetry::LogFormat;
 
-use endcall_core::{domain::{Options, MAX_REPLY_TIMEOUT}, machine::Timing};
-use crate::{grpc::auth::{AuthArgs, TokenArgs}, sessions::journal::JournalSettings, grpc::limits::RequestLimits, sessions::registry::Settings, grpc::tls::{ClientTlsArgs, TlsArgs}};
+use crate::{
+    grpc::auth::{AuthArgs, TokenArgs},
+    grpc::limits::RequestLimits,
+    grpc::tls::{ClientTlsArgs, TlsArgs},
+    sessions::journal::JournalSettings,
+    sessions::registry::Settings,
+};
+use endcall_core::{
+    domain::{Options, MAX_REPLY_TIMEOUT},
+    machine::Timing,
+};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -10,7 +10,7 @@ pub(crate) mod server;
 use std::{io::Write as _, process::ExitCode};
 
 use clap::{CommandFactory as _, FromArgMatches as _};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use self::{
     config::{Cli, Command, Config},
@@ -76,6 +76,12 @@ async fn serve(config: Config, cli: &Cli) -> ExitCode {
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
     info!(%addr, version = env!("CARGO_PKG_VERSION"), "serving");
+    if !runtime::LIFO_SLOT_OFF {
+        warn!(
+            "built without --cfg tokio_unstable (RUSTFLAGS replaces .cargo/config.toml's flags): \
+             the runtime's LIFO slot is on, which costs CPU per RPC (docs/performance.md)"
+        );
+    }
     match server::serve(config, listener, termination).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -13,7 +13,11 @@ use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
 
-use crate::{grpc::auth::Token, app::config::{ListenAddr, ProbeArgs}, grpc::tls::{self, error_chain}};
+use crate::{
+    app::config::{ListenAddr, ProbeArgs},
+    grpc::auth::Token,
+    grpc::tls::{self, error_chain},
+};
 
 /// Opens a plaintext channel to a sidecar over TCP or a Unix socket.
 pub async fn connect(

@@ -18,7 +18,19 @@ use tonic_health::ServingStatus;
 use tower::util::MapResponseLayer;
 use tracing::{info, warn};
 
-use crate::{grpc::auth::{self, AuthLayer}, sessions::clock::Clock, app::config::{Config, ListenAddr}, sessions::journal::{self, Opened}, grpc::limits::{self, WatchSlots}, grpc::proto::{self, v1::end_call_service_server::EndCallServiceServer}, sessions::registry::{Registry, TimerThread, Wiring}, grpc::service::EndCallApi, telemetry::{self, metrics}, grpc::tls, app::housekeeping::ProcessHooks};
+use crate::{
+    app::config::{Config, ListenAddr},
+    app::housekeeping::ProcessHooks,
+    grpc::auth::{self, AuthLayer},
+    grpc::limits::{self, WatchSlots},
+    grpc::proto::{self, v1::end_call_service_server::EndCallServiceServer},
+    grpc::service::EndCallApi,
+    grpc::tls,
+    sessions::clock::Clock,
+    sessions::journal::{self, Opened},
+    sessions::registry::{Registry, TimerThread, Wiring},
+    telemetry::{self, metrics},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -122,7 +134,7 @@ pub async fn serve(
                 warn!(%damage, "state journal repaired");
             }
             let registry = Registry::start_durable(config.registry.clone(), wiring, opened)
-            .map_err(ServeError::Journal)?;
+                .map_err(ServeError::Journal)?;
             info!(
                 dir = %state.dir.display(),
                 sessions = registry.live_sessions(),

@@ -3,11 +3,14 @@
 
 use std::{cell::RefCell, sync::Arc, time::Duration};
 
-use endcall_core::{domain::{
-        Capabilities, CloseReason, Directive, IssuedDirective, Options, OptionsPatch, Outcome,
-        ShutdownCause, SpeechId, State, Time, check_id, MAX_REPLY_TIMEOUT, MAX_TEXT_BYTES,
-    }, report::{Report, ReportItem}};
 use crate::{grpc::error::ApiError, grpc::proto::v1 as pb};
+use endcall_core::{
+    domain::{
+        check_id, Capabilities, CloseReason, Directive, IssuedDirective, Options, OptionsPatch,
+        Outcome, ShutdownCause, SpeechId, State, Time, MAX_REPLY_TIMEOUT, MAX_TEXT_BYTES,
+    },
+    report::{Report, ReportItem},
+};
 
 /// Checks an id against the domain's rule (`domain::check_id`), naming the field.
 pub(crate) fn id<'a>(field: &str, raw: &'a str) -> Result<&'a str, ApiError> {
@@ -235,7 +238,11 @@ impl DirectiveMapper {
         out
     }
 
-    pub(crate) fn directives(&self, session_id: &str, ds: &[IssuedDirective]) -> Vec<pb::Directive> {
+    pub(crate) fn directives(
+        &self,
+        session_id: &str,
+        ds: &[IssuedDirective],
+    ) -> Vec<pb::Directive> {
         ds.iter().map(|d| self.directive(session_id, d)).collect()
     }
 
@@ -283,7 +290,10 @@ impl DirectiveMapper {
     }
 }
 
-pub(crate) fn resolved_options(options: &Options, max_duration: Option<Duration>) -> pb::ResolvedOptions {
+pub(crate) fn resolved_options(
+    options: &Options,
+    max_duration: Option<Duration>,
+) -> pb::ResolvedOptions {
     pb::ResolvedOptions {
         delete_room: options.delete_room,
         end_instructions: options.end_instructions.as_deref().map(str::to_owned),

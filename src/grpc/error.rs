@@ -2,8 +2,8 @@
 
 use tonic::{Code, Status};
 
-use endcall_core::machine::Rejection;
 use crate::sessions::registry::RegistryError;
+use endcall_core::machine::Rejection;
 
 /// A refused request. Every message names the field (or the limit) at fault.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]

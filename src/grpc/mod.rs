@@ -9,3 +9,4 @@ pub(crate) mod limits;
 pub(crate) mod proto;
 pub(crate) mod service;
 pub(crate) mod tls;
+mod watch;

@@ -1,21 +1,29 @@
 //! The gRPC service: validates each request, hands the event to the registry, maps the result.
 //!
-//! Thin on purpose: decisions live in the state machine, bookkeeping in the registry.
+//! Thin on purpose: decisions live in the state machine, bookkeeping in the registry. The
+//! `WatchSession` stream is `watch.rs`.
 
 use std::{pin::Pin, sync::Arc, time::Instant};
 
 use futures_util::Stream;
-use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 use tracing::{debug, warn};
 
-use endcall_core::{domain::{Event, IssuedDirective, MAX_CALL_DURATION}, tool};
-use crate::{grpc::convert::{self, DirectiveMapper}, grpc::error::ApiError, sessions::journal::Durable, grpc::limits::WatchSlots, grpc::proto::v1::{self as pb, end_call_service_server::EndCallService}, sessions::registry::{Registry, WatchPoll}, telemetry::metrics};
-
-/// Directives taken per registry poll of a watch stream; bounds the time a shard lock is held
-/// and the memory one poll copies.
-const WATCH_BATCH: usize = 64;
+use super::watch::{Follow, WATCH_BATCH};
+use crate::{
+    grpc::convert::{self, DirectiveMapper},
+    grpc::error::ApiError,
+    grpc::limits::WatchSlots,
+    grpc::proto::v1::{self as pb, end_call_service_server::EndCallService},
+    sessions::journal::Durable,
+    sessions::registry::Registry,
+    telemetry::metrics,
+};
+use endcall_core::{
+    domain::{Event, MAX_CALL_DURATION},
+    tool,
+};
 
 #[derive(Clone)]
 pub struct EndCallApi {
@@ -279,8 +287,18 @@ impl EndCallService for EndCallApi {
             let first = api
                 .registry
                 .poll_watch(&id, req.after_seq, WATCH_BATCH, true)?;
-            let stream: Self::WatchSessionStream =
-                Box::pin(Follow::new(api.clone(), id, req.after_seq, first, slot).into_stream());
+            let stream: Self::WatchSessionStream = Box::pin(
+                Follow::new(
+                    Arc::clone(&api.registry),
+                    api.mapper.clone(),
+                    api.draining.clone(),
+                    id,
+                    req.after_seq,
+                    first,
+                    slot,
+                )
+                .into_stream(),
+            );
             Ok(stream.into())
         })
         .await
@@ -320,121 +338,5 @@ impl EndCallService for EndCallApi {
             Ok(api.mapper.report(report).into())
         })
         .await
-    }
-}
-
-/// One watch stream, read by the response body itself.
-///
-/// HTTP/2 polls this stream for its next message, so a directive wakes one task (the stream's)
-/// and is encoded as it is sent: no task of our own, and no buffer, per open stream. A client
-/// that stops reading costs at most the four directives a session can issue, in its HTTP/2
-/// window, and the stream still ends, giving its `--max-watchers` slot back, once the session
-/// has closed and they are sent.
-struct Follow {
-    api: EndCallApi,
-    id: String,
-    /// The seq of the last directive handed out: the next poll starts after it.
-    cursor: u64,
-    /// Taken from the last poll, not handed out yet.
-    batch: std::vec::IntoIter<IssuedDirective>,
-    /// The last poll was a full batch: poll again before waiting.
-    more: bool,
-    /// The session closed (or was dropped) and everything is handed out once `batch` is.
-    finished: bool,
-    /// `None` once the stream has ended (or if the session was gone at the poll).
-    changed: Option<watch::Receiver<()>>,
-    /// Held from the call until the stream ends, or the client lets go of it first.
-    open: Option<(OwnedSemaphorePermit, metrics::WatcherGuard)>,
-}
-
-impl Follow {
-    fn new(
-        api: EndCallApi,
-        id: String,
-        cursor: u64,
-        first: WatchPoll,
-        slot: OwnedSemaphorePermit,
-    ) -> Self {
-        let mut follow = Follow {
-            api,
-            id,
-            cursor,
-            batch: Vec::new().into_iter(),
-            more: false,
-            finished: false,
-            changed: None,
-            open: Some((slot, metrics::WatcherGuard::new())),
-        };
-        follow.take(first);
-        follow
-    }
-
-    fn take(&mut self, poll: WatchPoll) {
-        self.more = poll.directives.len() == WATCH_BATCH;
-        self.finished = poll.finished;
-        self.batch = poll.directives.into_iter();
-        self.changed = poll.changed;
-    }
-
-    fn into_stream(self) -> impl Stream<Item = Result<pb::Directive, Status>> + Send {
-        futures_util::stream::unfold(self, |mut follow| async move {
-            let item = follow.next().await?;
-            Some((item, follow))
-        })
-    }
-
-    /// The stream's next message: a directive, or a closing error; `None` ends the stream.
-    async fn next(&mut self) -> Option<Result<pb::Directive, Status>> {
-        loop {
-            if let Some(directive) = self.batch.next() {
-                self.cursor = directive.seq;
-                return Some(Ok(self.api.mapper.directive(&self.id, &directive)));
-            }
-            if self.finished {
-                self.end();
-                return None;
-            }
-            if !self.more {
-                let Some(changed) = self.changed.as_mut() else {
-                    self.end();
-                    return None;
-                };
-                tokio::select! {
-                    result = changed.changed() => {
-                        if result.is_err() {
-                            // The session was dropped after its retention.
-                            self.end();
-                            return None;
-                        }
-                    }
-                    () = self.api.draining.cancelled() => {
-                        self.end();
-                        return Some(Err(Status::unavailable(
-                            "server is draining: reconnect with after_seq set to the last seq received",
-                        )));
-                    }
-                }
-            }
-            match self
-                .api
-                .registry
-                .poll_watch(&self.id, self.cursor, WATCH_BATCH, false)
-            {
-                Ok(poll) => self.take(poll),
-                Err(err) => {
-                    self.end();
-                    return Some(Err(ApiError::from(err).into()));
-                }
-            }
-        }
-    }
-
-    /// Nothing more will be sent: the slot and the subscription go now, before the client
-    /// lets go of the stream.
-    fn end(&mut self) {
-        self.finished = true;
-        self.more = false;
-        self.changed = None;
-        self.open = None;
     }
 }

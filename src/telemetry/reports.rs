@@ -122,7 +122,10 @@ pub(super) mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use endcall_core::{domain::{Options, SessionId, Time}, machine::Session};
+    use endcall_core::{
+        domain::{Options, SessionId, Time},
+        machine::Session,
+    };
 
     /// A just-opened session's report, named `call-{n}`.
     pub(in crate::telemetry) fn report(n: usize) -> Report {
@@ -171,7 +174,10 @@ pub(super) mod tests {
             match queue.submit(report(2)) {
                 Err(back) => break back,
                 Ok(()) => {
-                    assert!(std::time::Instant::now() < patience, "the thread never died");
+                    assert!(
+                        std::time::Instant::now() < patience,
+                        "the thread never died"
+                    );
                     thread::sleep(Duration::from_millis(10));
                 }
             }

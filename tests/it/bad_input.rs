@@ -1,9 +1,8 @@
 //! Bad input for every RPC: the contract's status code, a message naming the field, and no
 //! change to any session.
 
-
-use endcall_testkit::*;
 use endcall_sidecar::proto::v1::{self as pb, CloseReason};
+use endcall_testkit::*;
 use tonic::{Code, Status};
 
 fn assert_status(result: Result<impl std::fmt::Debug, Status>, code: Code, field: &str) {

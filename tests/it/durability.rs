@@ -3,20 +3,19 @@
 //! every acknowledged event and every directive a client saw is still there, sequence numbers
 //! resume without a gap, and every pending deadline still fires.
 
-
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use endcall_testkit::{process::Sidecar, *};
 use endcall_sidecar::{
     probe,
     proto::v1::{
         self as pb, timeline_entry::Entry, CloseReason, Directive, SessionState, ShutdownCause,
     },
 };
+use endcall_testkit::{process::Sidecar, *};
 use tokio::task::JoinSet;
 use tonic::Code;
 

@@ -5,8 +5,8 @@
 use std::{fs, path::PathBuf, time::Duration};
 
 use endcall_sidecar::proto::v1 as pb;
-use proptest::prelude::*;
 use endcall_testkit::fuzz::{encode, run, Rpc, Step, Summary};
+use proptest::prelude::*;
 
 /// The files in `dir`, or none if it does not exist.
 fn files(dir: &str) -> Vec<PathBuf> {

@@ -1,6 +1,5 @@
 //! grpc.health.v1 and server reflection (v1 and v1alpha), as grpcurl and Kubernetes use them.
 
-
 use endcall_testkit::*;
 use tokio_stream::StreamExt as _;
 use tonic::Code;

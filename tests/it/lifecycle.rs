@@ -1,10 +1,9 @@
 //! The contract's flows against the real server over loopback TCP, with a tonic client.
 
-
 use std::time::{Duration, Instant};
 
-use endcall_testkit::*;
 use endcall_sidecar::proto::v1::{self as pb, CloseReason, Outcome, SessionState, ShutdownCause};
+use endcall_testkit::*;
 
 #[tokio::test]
 async fn pipeline_flow() {

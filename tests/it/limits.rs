@@ -3,11 +3,10 @@
 //! RESOURCE_EXHAUSTED naming the flag; health is never limited; a watcher whose client never
 //! reads gives its slot back when its session closes.
 
-
 use std::time::{Duration, Instant};
 
-use endcall_testkit::*;
 use endcall_sidecar::proto::v1 as pb;
+use endcall_testkit::*;
 use tonic::{Code, Status};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 

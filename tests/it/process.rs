@@ -1,20 +1,19 @@
 //! The built binary as an operator runs it: flags, the probe subcommand, logs, and SIGTERM
 //! while a watch stream is open.
 
-
 use std::{
     io::Read as _,
     process::Command,
     time::{Duration, Instant},
 };
 
-use endcall_testkit::{
-    process::{built_binary, Sidecar},
-    *,
-};
 use endcall_sidecar::{
     probe,
     proto::v1::{self as pb, end_call_service_client::EndCallServiceClient, CloseReason},
+};
+use endcall_testkit::{
+    process::{built_binary, Sidecar},
+    *,
 };
 use tonic::Code;
 
@@ -49,6 +48,21 @@ async fn sigterm_with_an_open_watch_stream_drains_and_exits_0() {
     let logs = sidecar.stderr();
     assert!(logs.contains("SIGTERM received"), "{logs}");
     assert!(logs.contains("stopped"), "{logs}");
+}
+
+/// The test and the binary are built with the same flags: a build without
+/// `--cfg tokio_unstable` warns at start-up that the runtime's LIFO slot is on, and only then.
+#[tokio::test]
+async fn a_build_without_tokio_unstable_says_so_at_start_up() {
+    let mut sidecar = Sidecar::start(&[]);
+    sidecar.signal("TERM");
+    assert!(sidecar.wait().await.success());
+    let logs = sidecar.stderr();
+    assert_eq!(
+        logs.contains("built without --cfg tokio_unstable"),
+        !cfg!(tokio_unstable),
+        "{logs}"
+    );
 }
 
 #[tokio::test]

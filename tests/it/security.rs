@@ -1,15 +1,14 @@
 //! The optional security, end to end: bearer tokens (with health exempt or not), TLS and mutual
 //! TLS, against the real server on 127.0.0.1:0 (or a Unix socket) with real tonic clients.
 
-
 use std::io::Write as _;
 
-use endcall_testkit::{pki::Pki, *};
 use endcall_sidecar::{
-    ListenAddr,
     probe,
     proto::v1::{end_call_service_client::EndCallServiceClient, GetToolRequest},
+    ListenAddr,
 };
+use endcall_testkit::{pki::Pki, *};
 use tonic::{
     metadata::MetadataValue,
     service::interceptor::InterceptedService,

@@ -1,8 +1,7 @@
 //! The same server on a Unix socket, as an agent in the same pod reaches it through a volume.
 
-
-use endcall_testkit::*;
 use endcall_sidecar::proto::v1::{CloseReason, ShutdownCause};
+use endcall_testkit::*;
 
 #[tokio::test]
 async fn pipeline_flow_and_reply_timeout_over_a_unix_socket() {

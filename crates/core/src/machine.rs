@@ -411,11 +411,7 @@ impl Session {
             self.shut_down(ShutdownCause::ToolTurnDone, now);
             return;
         }
-        match self
-            .rare
-            .as_deref_mut()
-            .and_then(|e| e.early_reply.take())
-        {
+        match self.rare.as_deref_mut().and_then(|e| e.early_reply.take()) {
             Some((_, true)) => self.shut_down(ShutdownCause::ReplyPlayedOut, now),
             Some((reply, false)) => self.waiters.push(Waiter::Playing { reply, since: now }),
             None => self.waiters.push(Waiter::Awaiting {

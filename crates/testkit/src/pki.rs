@@ -36,7 +36,14 @@ fn leaf(issuer: &Issuer, name: &str, usage: ExtendedKeyUsagePurpose) -> (String,
     (cert.pem(), key.serialize_pem())
 }
 
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Pki {
+    /// Makes every certificate and key into a fresh temporary directory.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, pem: &str| std::fs::write(dir.path().join(name), pem).unwrap();

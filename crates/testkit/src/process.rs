@@ -36,13 +36,7 @@ impl Sidecar {
     /// Starts the built binary on 127.0.0.1:0 with `flags`, its stderr kept for
     /// [`Sidecar::stderr`].
     pub fn start(flags: &[&str]) -> Self {
-        Self::spawn(
-            &built_binary(),
-            "127.0.0.1:0",
-            flags,
-            "",
-            Stdio::piped(),
-        )
+        Self::spawn(&built_binary(), "127.0.0.1:0", flags, "", Stdio::piped())
     }
 
     /// Starts `bin` on `listen` with `flags`, then `extra_flags` (whitespace-separated), and
@@ -131,11 +125,7 @@ impl Sidecar {
     pub async fn channels(&self, n: usize) -> Vec<Channel> {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n.max(1) {
-            out.push(
-                probe::connect(&self.addr, PATIENCE)
-                    .await
-                    .expect("connect"),
-            );
+            out.push(probe::connect(&self.addr, PATIENCE).await.expect("connect"));
         }
         out
     }

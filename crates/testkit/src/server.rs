@@ -65,4 +65,3 @@ impl TestServer {
             .expect("server task");
     }
 }
-

@@ -152,8 +152,8 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use endcall_core::domain::{Event, SessionId, SpeechId, Time};
     use crate::sessions::journal::record::MachineInput;
+    use endcall_core::domain::{Event, SessionId, SpeechId, Time};
 
     fn record(i: u32) -> Record {
         Record::new(

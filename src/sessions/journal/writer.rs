@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 use super::{segment, JournalSettings, Publish};
-use endcall_core::domain::SessionId;
 use crate::telemetry::metrics;
+use endcall_core::domain::SessionId;
 
 /// A batch is cut here even if more is queued, to bound the memory one write takes.
 const MAX_BATCH: usize = 4096;

@@ -41,8 +41,8 @@ use endcall_core::{
     report::Report,
 };
 
-pub(crate) use self::wheel::TimerThread;
 use self::wheel::TimerKey;
+pub(crate) use self::wheel::TimerThread;
 use crate::{
     sessions::{
         clock::Clock,

@@ -100,12 +100,8 @@ async fn after_a_failed_journal_write_events_are_refused_not_lost() {
         segment_bytes: 4096,
     })
     .unwrap();
-    let registry = Registry::start_durable(
-        property_settings(),
-        Wiring::on_current_runtime(),
-        opened,
-    )
-    .unwrap();
+    let registry =
+        Registry::start_durable(property_settings(), Wiring::on_current_runtime(), opened).unwrap();
     // The next segment's name is taken: sealing the first one fails, as a full disk would.
     std::fs::create_dir(dir.path().join("00000000000000000002.journal")).unwrap();
     let mut acknowledged = 0;

@@ -4,7 +4,9 @@
 use tokio::time::{advance, sleep};
 
 use super::*;
-use endcall_core::domain::{Capabilities, CloseReason, Directive, Outcome, ShutdownCause, SpeechId};
+use endcall_core::domain::{
+    Capabilities, CloseReason, Directive, Outcome, ShutdownCause, SpeechId,
+};
 
 fn settings() -> Settings {
     Settings {

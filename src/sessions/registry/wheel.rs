@@ -32,9 +32,9 @@ use tokio_util::time::DelayQueue;
 /// A session's entry in the wheel.
 pub(super) type TimerKey = tokio_util::time::delay_queue::Key;
 
-use endcall_core::domain::{SessionId, Time};
 use super::Registry;
 use crate::{sessions::clock::Clock, telemetry::metrics};
+use endcall_core::domain::{SessionId, Time};
 
 /// How often the wheel and the session map give back memory after a large drop, and the
 /// registry's housekeeping hook runs; also how soon the timer task notices that the registry
