@@ -5,9 +5,8 @@
 //! at once and writes that one response in a syscall of its own; a directive on a watch
 //! stream likewise. With the slot off, the connection's task waits its turn behind the tasks
 //! already ready, and by then the responses of several RPCs on that connection have gathered
-//! and go out in one write. On loopback each write also costs the kernel's receive path: with
-//! the slot off, the server's CPU per RPC fell by 28–30 % in the throughput bench, for
-//! lifecycle RPCs and health checks alike (the README's Performance section has the figures).
+//! and go out in one write. On loopback each write also costs the kernel's receive path, so
+//! fewer writes cost the server less CPU per RPC (`docs/performance.md` has the measurement).
 //!
 //! `Builder::disable_lifo_slot` is tokio's unstable API, so the repository's
 //! `.cargo/config.toml` builds with `--cfg tokio_unstable`. A build without that flag (a

@@ -1,6 +1,6 @@
-//! Prometheus metrics: every name, label and meaning in one place (the README's table mirrors
-//! this file), recorded through the `metrics` facade so that without `--metrics-listen` each
-//! call is a no-op.
+//! Prometheus metrics: every name, label and meaning in one place (the table in
+//! `docs/operations.md` mirrors this file), recorded through the `metrics` facade so that
+//! without `--metrics-listen` each call is a no-op.
 
 use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
