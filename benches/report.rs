@@ -6,6 +6,8 @@
 //! to a null stderr). Reports are queued in batches smaller than the report queue and flushed
 //! after each, so the RPC thread's figure is queueing alone, never waiting on a full queue.
 #![forbid(unsafe_code)]
+// A bench is test code: a failed expectation ends the run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     process::{Command, ExitCode, Stdio},
@@ -14,11 +16,12 @@ use std::{
 };
 
 use endcall_sidecar::{
-    config::LogFormat,
-    domain::{Capabilities, CloseReason, Event, Options, SessionId, SpeechId, Time},
-    machine::{Session, Timing},
-    report::Report,
-    telemetry,
+    contract::{
+        domain::{Capabilities, CloseReason, Event, Options, SessionId, SpeechId, Time},
+        machine::{Session, Timing},
+        report::Report,
+    },
+    telemetry::{self, LogFormat},
 };
 
 #[global_allocator]

@@ -23,9 +23,12 @@
 //!   bytes per session served. A leaked session costs about 850 bytes (a session, its map slot
 //!   and its timer entry: the benchmark's memory section), so it shows; the allocator's own
 //!   warm-up, which commits memory in chunks of a few MiB during the first minute and then
-//!   levels off (a 20-minute run: 3 bytes per session overall), stays under both bounds;
+//!   levels off (docs/performance.md has the long runs), stays under both bounds;
 //! - after the load stops, open watchers and live sessions return to 0 and live tasks to the
 //!   baseline taken before the load (with the same connections open), within 15 s.
+
+// A bench is test code: a failed expectation (the runtime, a free port) ends the run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
@@ -40,8 +43,13 @@ use std::{
 };
 
 use clap::Parser;
-use endcall_sidecar::proto::v1::{self as pb, DirectiveKind, SessionState, ShutdownCause};
-use support::{close, end_call, realtime_end_call, speech_done, Api, Server, ServerArgs};
+use endcall_sidecar::proto::v1::{
+    self as pb, CloseReason, DirectiveKind, SessionState, ShutdownCause,
+};
+use endcall_testkit::{
+    close, created, done, end_call, process::Sidecar, realtime_end_call_within, requests, Client,
+};
+use support::ServerArgs;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::Streaming;
 
@@ -155,17 +163,13 @@ fn rpc<T>(what: &str, r: Result<tonic::Response<T>, tonic::Status>) -> Result<T,
 }
 
 async fn watch(
-    api: &mut Api,
+    api: &mut Client,
     id: &str,
     after_seq: u64,
 ) -> Result<Streaming<pb::Directive>, String> {
     rpc(
         "WatchSession",
-        api.watch_session(pb::WatchSessionRequest {
-            session_id: id.to_owned(),
-            after_seq,
-        })
-        .await,
+        api.watch_session(requests::watch(id, after_seq)).await,
     )
 }
 
@@ -222,7 +226,12 @@ fn expect_shutdown(
 }
 
 /// The worker's side of one session: its events, with `think` between them.
-async fn session(api: &mut Api, args: &Args, id: &str, scenario: Scenario) -> Result<(), String> {
+async fn session(
+    api: &mut Client,
+    args: &Args,
+    id: &str,
+    scenario: Scenario,
+) -> Result<(), String> {
     let think = || tokio::time::sleep(args.think);
     let mut stream = watch(api, id, 0).await?;
     think().await;
@@ -232,25 +241,22 @@ async fn session(api: &mut Api, args: &Args, id: &str, scenario: Scenario) -> Re
     );
     let request = if scenario == Scenario::ReplyPlayed {
         // Its reply comes: a timeout far enough that a loaded machine cannot make it race.
-        realtime_end_call(id, "bye", REPLY_COMES_WITHIN)
+        realtime_end_call_within(id, "bye", REPLY_COMES_WITHIN)
     } else if realtime {
-        realtime_end_call(id, "bye", args.reply_timeout)
+        realtime_end_call_within(id, "bye", args.reply_timeout)
     } else {
         end_call(id, "bye")
     };
     rpc("EndCall", api.end_call(request).await)?;
     think().await;
-    let done = rpc(
-        "OnSpeechDone",
-        api.on_speech_done(speech_done(id, "bye")).await,
-    )?;
+    let goodbye_done = rpc("OnSpeechDone", api.on_speech_done(done(id, "bye")).await)?;
     let expected_state = if realtime {
         SessionState::AwaitingReply
     } else {
         SessionState::ShuttingDown
     };
-    if done.state() != expected_state {
-        return Err(format!("OnSpeechDone: state {:?}", done.state()));
+    if goodbye_done.state() != expected_state {
+        return Err(format!("OnSpeechDone: state {:?}", goodbye_done.state()));
     }
     match scenario {
         Scenario::Pipeline | Scenario::Stuck => {}
@@ -266,23 +272,20 @@ async fn session(api: &mut Api, args: &Args, id: &str, scenario: Scenario) -> Re
         Scenario::ReplyPlayed => {
             rpc(
                 "OnSpeechCreated",
-                api.on_speech_created(pb::OnSpeechCreatedRequest {
-                    session_id: id.to_owned(),
-                    speech_id: "reply".into(),
-                })
-                .await,
+                api.on_speech_created(created(id, "reply")).await,
             )?;
             think().await;
-            let r = rpc(
-                "OnSpeechDone",
-                api.on_speech_done(speech_done(id, "reply")).await,
-            )?;
+            let r = rpc("OnSpeechDone", api.on_speech_done(done(id, "reply")).await)?;
             if r.directives.len() != 1 || r.directives[0].cause() != ShutdownCause::ReplyPlayedOut {
                 return Err(format!("reply done: {r:?}"));
             }
         }
     }
-    let closed = rpc("OnSessionClose", api.on_session_close(close(id)).await)?;
+    let closed = rpc(
+        "OnSessionClose",
+        api.on_session_close(close(id, CloseReason::UserInitiated))
+            .await,
+    )?;
     if closed.state() != SessionState::Closed || closed.directives.len() != 2 {
         return Err(format!("OnSessionClose: {closed:?}"));
     }
@@ -302,8 +305,8 @@ async fn session(api: &mut Api, args: &Args, id: &str, scenario: Scenario) -> Re
         }
         Scenario::Stuck => {
             // Never read: the directives sit unread until the client gives up.
-            if done.directives.len() != 1 {
-                return Err(format!("OnSpeechDone: {done:?}"));
+            if goodbye_done.directives.len() != 1 {
+                return Err(format!("OnSpeechDone: {goodbye_done:?}"));
             }
             think().await;
             return Ok(());
@@ -352,7 +355,7 @@ fn metric(text: &str, name: &str, skip_label: Option<&str>) -> f64 {
         .sum()
 }
 
-async fn sample(server: &Server, metrics: &str, started: Instant) -> Result<Sample, String> {
+async fn sample(server: &Sidecar, metrics: &str, started: Instant) -> Result<Sample, String> {
     let text = scrape(metrics).await?;
     Ok(Sample {
         at: started.elapsed(),
@@ -467,7 +470,7 @@ async fn soak(args: Args) -> bool {
     let deadline = Instant::now() + args.duration;
     let mut agents = tokio::task::JoinSet::new();
     for agent in 0..args.agents {
-        let mut api = Api::new(channels[agent % channels.len()].clone());
+        let mut api = Client::new(channels[agent % channels.len()].clone());
         let tally = tally.clone();
         let args = args.clone();
         agents.spawn(async move {
