@@ -59,14 +59,21 @@ impl EndCallApi {
         }
     }
 
-    fn event_response(&self, id: &str, event: Event) -> Result<Reply<pb::EventResponse>, ApiError> {
+    /// Applies a speech or close event; `reply` builds the RPC's own reply message from its
+    /// directives, state and duplicate flag (the three event replies share those fields).
+    fn event_response<T>(
+        &self,
+        id: &str,
+        event: Event,
+        reply: impl FnOnce(Vec<pb::Directive>, i32, bool) -> T,
+    ) -> Result<Reply<T>, ApiError> {
         let applied = self.registry.apply(id, event)?;
         Ok(Reply {
-            message: pb::EventResponse {
-                directives: self.mapper.directives(id, &applied.step.directives),
-                state: convert::state(applied.state).into(),
-                duplicate: applied.step.duplicate,
-            },
+            message: reply(
+                self.mapper.directives(id, &applied.step.directives),
+                convert::state(applied.state).into(),
+                applied.step.duplicate,
+            ),
             durable: applied.durable,
         })
     }
@@ -230,13 +237,19 @@ impl EndCallService for EndCallApi {
     async fn on_speech_created(
         &self,
         request: Request<pb::OnSpeechCreatedRequest>,
-    ) -> Result<Response<pb::EventResponse>, Status> {
+    ) -> Result<Response<pb::OnSpeechCreatedResponse>, Status> {
         self.observe("OnSpeechCreated", request, |api, req| {
             let id = convert::id("session_id", &req.session_id)?;
             let event = Event::SpeechCreated {
                 speech: convert::speech_id(&req.speech_id)?,
             };
-            api.event_response(id, event)
+            api.event_response(id, event, |directives, state, duplicate| {
+                pb::OnSpeechCreatedResponse {
+                    directives,
+                    state,
+                    duplicate,
+                }
+            })
         })
         .await
     }
@@ -244,7 +257,7 @@ impl EndCallService for EndCallApi {
     async fn on_speech_done(
         &self,
         request: Request<pb::OnSpeechDoneRequest>,
-    ) -> Result<Response<pb::EventResponse>, Status> {
+    ) -> Result<Response<pb::OnSpeechDoneResponse>, Status> {
         self.observe("OnSpeechDone", request, |api, req| {
             let id = convert::id("session_id", &req.session_id)?;
             let event = Event::SpeechDone {
@@ -253,7 +266,13 @@ impl EndCallService for EndCallApi {
                 capabilities: convert::capabilities(req.capabilities),
                 tool_output_given: req.tool_output_given,
             };
-            api.event_response(id, event)
+            api.event_response(id, event, |directives, state, duplicate| {
+                pb::OnSpeechDoneResponse {
+                    directives,
+                    state,
+                    duplicate,
+                }
+            })
         })
         .await
     }
@@ -261,14 +280,20 @@ impl EndCallService for EndCallApi {
     async fn on_session_close(
         &self,
         request: Request<pb::OnSessionCloseRequest>,
-    ) -> Result<Response<pb::EventResponse>, Status> {
+    ) -> Result<Response<pb::OnSessionCloseResponse>, Status> {
         self.observe("OnSessionClose", request, |api, req| {
             let id = convert::id("session_id", &req.session_id)?;
             let event = Event::SessionClose {
                 reason: convert::close_reason(req.reason)?,
                 error: convert::error_message(req.error_message)?,
             };
-            api.event_response(id, event)
+            api.event_response(id, event, |directives, state, duplicate| {
+                pb::OnSessionCloseResponse {
+                    directives,
+                    state,
+                    duplicate,
+                }
+            })
         })
         .await
     }

@@ -295,3 +295,55 @@ async fn the_live_session_cap_answers_resource_exhausted() {
     c.on_speech_done(done("cap2", "S")).await.unwrap();
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_that_does_not_decode_is_invalid_and_names_its_message() {
+    let server = TestServer::start(&[]).await;
+    let channel = server.channel().await;
+
+    // An EndCallRequest whose session_id (field 1, length-delimited) is not UTF-8.
+    let not_utf8 = vec![0x0a, 0x02, 0xff, 0xfe];
+    let status = raw_call(channel.clone(), "EndCall", not_utf8)
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "EndCallRequest: the request does not decode as protobuf: \
+         EndCallRequest.session_id: invalid string value: data is not UTF-8 encoded"
+    );
+
+    // Garbage: a key with wire type 7, which does not exist, sent to every RPC.
+    let methods = [
+        "OpenSession",
+        "EndCall",
+        "OnSpeechCreated",
+        "OnSpeechDone",
+        "OnSessionClose",
+        "WatchSession",
+        "GetTool",
+        "GetSession",
+    ];
+    for method in methods {
+        let status = raw_call(channel.clone(), method, vec![0x0f, 0x01, 0x02])
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{method}: {status:?}");
+        assert_eq!(
+            status.message(),
+            format!(
+                "{method}Request: the request does not decode as protobuf: invalid wire type value: 7"
+            )
+        );
+    }
+
+    // The server goes on serving, on the same connection; the raw path itself is sound.
+    let mut c = Client::new(channel.clone());
+    c.end_call(end_call("after", "S")).await.unwrap();
+    let well_formed = prost::Message::encode_to_vec(&created("after", "R"));
+    let reply = raw_call(channel, "OnSpeechCreated", well_formed).await;
+    let reply: pb::OnSpeechCreatedResponse =
+        prost::Message::decode(reply.expect("accepted").as_slice()).unwrap();
+    assert_eq!(reply.state(), pb::SessionState::Ending);
+    server.stop().await;
+}

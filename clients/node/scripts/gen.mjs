@@ -1,6 +1,6 @@
 // Build step: copy the repository's proto/ tree into this package and generate TypeScript types
 // from it, so the client never carries a hand-written copy of the API that could drift.
-import { cpSync, existsSync, mkdirSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -12,7 +12,11 @@ const genDir = join(pkgDir, 'src', 'gen');
 
 if (existsSync(join(repoProto, 'endcall', 'v1', 'endcall.proto'))) {
   rmSync(localProto, { recursive: true, force: true });
-  cpSync(repoProto, localProto, { recursive: true });
+  // The .proto files only: proto/ also holds the repository's buf breaking baseline.
+  cpSync(repoProto, localProto, {
+    recursive: true,
+    filter: (src) => statSync(src).isDirectory() || src.endsWith('.proto'),
+  });
 } else if (!existsSync(join(localProto, 'endcall', 'v1', 'endcall.proto'))) {
   console.error(`gen: no proto tree found at ${repoProto} nor ${localProto}`);
   process.exit(1);

@@ -8,12 +8,14 @@ import type {
   Duration__Output,
   EndCallRequest,
   EndCallResponse__Output,
-  EventResponse__Output,
   GetSessionRequest,
   GetToolRequest,
   OnSessionCloseRequest,
+  OnSessionCloseResponse__Output,
   OnSpeechCreatedRequest,
+  OnSpeechCreatedResponse__Output,
   OnSpeechDoneRequest,
+  OnSpeechDoneResponse__Output,
   OpenSessionRequest,
   OpenSessionResponse__Output,
   SessionReport__Output,
@@ -127,20 +129,20 @@ export class EndCallClient {
     return this.#call(this.#stub.endCall as Unary<EndCallRequest, EndCallResponse__Output>, req);
   }
 
-  onSpeechCreated(req: OnSpeechCreatedRequest): Promise<EventResponse__Output> {
+  onSpeechCreated(req: OnSpeechCreatedRequest): Promise<OnSpeechCreatedResponse__Output> {
     return this.#call(
-      this.#stub.onSpeechCreated as Unary<OnSpeechCreatedRequest, EventResponse__Output>,
+      this.#stub.onSpeechCreated as Unary<OnSpeechCreatedRequest, OnSpeechCreatedResponse__Output>,
       req,
     );
   }
 
-  onSpeechDone(req: OnSpeechDoneRequest): Promise<EventResponse__Output> {
-    return this.#call(this.#stub.onSpeechDone as Unary<OnSpeechDoneRequest, EventResponse__Output>, req);
+  onSpeechDone(req: OnSpeechDoneRequest): Promise<OnSpeechDoneResponse__Output> {
+    return this.#call(this.#stub.onSpeechDone as Unary<OnSpeechDoneRequest, OnSpeechDoneResponse__Output>, req);
   }
 
-  onSessionClose(req: OnSessionCloseRequest): Promise<EventResponse__Output> {
+  onSessionClose(req: OnSessionCloseRequest): Promise<OnSessionCloseResponse__Output> {
     return this.#call(
-      this.#stub.onSessionClose as Unary<OnSessionCloseRequest, EventResponse__Output>,
+      this.#stub.onSessionClose as Unary<OnSessionCloseRequest, OnSessionCloseResponse__Output>,
       req,
     );
   }

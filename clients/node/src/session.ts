@@ -4,8 +4,10 @@ import type {
   CloseReason,
   Directive__Output,
   EndCallResponse__Output,
-  EventResponse__Output,
   ModelCapabilities,
+  OnSessionCloseResponse__Output,
+  OnSpeechCreatedResponse__Output,
+  OnSpeechDoneResponse__Output,
   OpenSessionRequest,
   OpenSessionResponse__Output,
   SessionOptions,
@@ -87,11 +89,11 @@ export class SidecarSession {
     });
   }
 
-  speechCreated(speechId: string): Promise<EventResponse__Output> {
+  speechCreated(speechId: string): Promise<OnSpeechCreatedResponse__Output> {
     return this.#event(() => this.client.onSpeechCreated({ sessionId: this.sessionId, speechId }));
   }
 
-  speechDone(speechId: string, info: SpeechDoneInfo = {}): Promise<EventResponse__Output> {
+  speechDone(speechId: string, info: SpeechDoneInfo = {}): Promise<OnSpeechDoneResponse__Output> {
     return this.#event(() =>
       this.client.onSpeechDone({
         sessionId: this.sessionId,
@@ -107,7 +109,7 @@ export class SidecarSession {
    * Reports the close. Its reply carries the session's last directives, so the watch stream is
    * stopped once they are carried out.
    */
-  close(reason: CloseReason, errorMessage?: string): Promise<EventResponse__Output> {
+  close(reason: CloseReason, errorMessage?: string): Promise<OnSessionCloseResponse__Output> {
     return this.#enqueue(async () => {
       const res = await this.client.onSessionClose({ sessionId: this.sessionId, reason, errorMessage });
       this.#closed = true;
@@ -132,7 +134,7 @@ export class SidecarSession {
     return this.#closed;
   }
 
-  #event(send: () => Promise<EventResponse__Output>): Promise<EventResponse__Output> {
+  #event<T extends { directives: Directive__Output[] }>(send: () => Promise<T>): Promise<T> {
     return this.#enqueue(async () => {
       const res = await send();
       await this.#offer(res.directives, true);

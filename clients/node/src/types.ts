@@ -9,13 +9,15 @@ export { DirectiveKind as DirectiveKinds } from './gen/endcall/v1/DirectiveKind.
 export type { EndCallRequest, EndCallRequest__Output } from './gen/endcall/v1/EndCallRequest.js';
 export type { EndCallResponse, EndCallResponse__Output } from './gen/endcall/v1/EndCallResponse.js';
 export type { EndInstructions, EndInstructions__Output } from './gen/endcall/v1/EndInstructions.js';
-export type { EventResponse, EventResponse__Output } from './gen/endcall/v1/EventResponse.js';
 export type { GetSessionRequest } from './gen/endcall/v1/GetSessionRequest.js';
 export type { GetToolRequest } from './gen/endcall/v1/GetToolRequest.js';
 export type { ModelCapabilities, ModelCapabilities__Output } from './gen/endcall/v1/ModelCapabilities.js';
 export type { OnSessionCloseRequest } from './gen/endcall/v1/OnSessionCloseRequest.js';
+export type { OnSessionCloseResponse, OnSessionCloseResponse__Output } from './gen/endcall/v1/OnSessionCloseResponse.js';
 export type { OnSpeechCreatedRequest } from './gen/endcall/v1/OnSpeechCreatedRequest.js';
+export type { OnSpeechCreatedResponse, OnSpeechCreatedResponse__Output } from './gen/endcall/v1/OnSpeechCreatedResponse.js';
 export type { OnSpeechDoneRequest } from './gen/endcall/v1/OnSpeechDoneRequest.js';
+export type { OnSpeechDoneResponse, OnSpeechDoneResponse__Output } from './gen/endcall/v1/OnSpeechDoneResponse.js';
 export type { OpenSessionRequest } from './gen/endcall/v1/OpenSessionRequest.js';
 export type { OpenSessionResponse__Output } from './gen/endcall/v1/OpenSessionResponse.js';
 export type { Outcome, Outcome__Output } from './gen/endcall/v1/Outcome.js';

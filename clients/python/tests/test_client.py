@@ -273,6 +273,23 @@ async def test_error_statuses_carry_the_servers_message(sidecar) -> None:
             await c.open_session(opened, SessionOptions(delete_room=True))
 
 
+async def test_a_request_that_does_not_decode_is_invalid_argument(sidecar) -> None:
+    """Bytes that do not decode as the RPC's request (here a session_id that is not UTF-8) get
+    INVALID_ARGUMENT naming the message, not INTERNAL; the sidecar goes on serving."""
+    async with grpc.aio.insecure_channel(sidecar.address) as channel:
+        # No serializers: the request's bytes go out as they are.
+        end_call = channel.unary_unary("/endcall.v1.EndCallService/EndCall")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await end_call(b"\x0a\x02\xff\xfe", timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == (
+            "EndCallRequest: the request does not decode as protobuf: "
+            "EndCallRequest.session_id: invalid string value: data is not UTF-8 encoded"
+        )
+    async with EndCallClient(sidecar.address) as c:
+        await c.end_call(sid("after-garbage"), "s")
+
+
 async def test_resource_exhausted(start_sidecar) -> None:
     sc = start_sidecar("--max-sessions", "1")
     async with EndCallClient(sc.address) as c:

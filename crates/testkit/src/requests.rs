@@ -143,3 +143,75 @@ pub fn hold_the_only_permit(channel: Channel) -> JoinHandle<()> {
         }
     })
 }
+
+/// A codec that passes bytes through as they are, both ways: it sends what the generated
+/// client never would (a request that does not decode) and reads whatever comes back.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(buf, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf as _;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+/// Sends `message`'s bytes as they are to `EndCallService/{method}`; the reply's bytes (the
+/// first message of a `WatchSession` stream), or the call's status.
+pub async fn raw_call(
+    channel: Channel,
+    method: &str,
+    message: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(format!(
+        "/endcall.v1.EndCallService/{method}"
+    ))
+    .expect("a path");
+    let request = tonic::Request::new(message);
+    if method == "WatchSession" {
+        let mut stream = grpc
+            .server_streaming(request, path, RawCodec)
+            .await?
+            .into_inner();
+        Ok(stream.message().await?.unwrap_or_default())
+    } else {
+        Ok(grpc.unary(request, path, RawCodec).await?.into_inner())
+    }
+}

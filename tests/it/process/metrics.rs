@@ -75,7 +75,7 @@ async fn metrics_endpoint_reports_rpcs_sessions_directives_and_watchers() {
     );
 
     let channel = probe::connect(&sidecar.addr, PATIENCE).await.unwrap();
-    let mut c = EndCallServiceClient::new(channel);
+    let mut c = EndCallServiceClient::new(channel.clone());
 
     // A pipeline call, a realtime call whose reply times out, a call closed without end_call.
     c.end_call(end_call("m-pipe", "S")).await.unwrap();
@@ -96,8 +96,11 @@ async fn metrics_endpoint_reports_rpcs_sessions_directives_and_watchers() {
     assert_eq!(kind(&next(&mut timeout_stream).await), Kind::DeleteRoom);
     next(&mut timeout_stream).await;
     assert_ends(&mut timeout_stream).await;
-    // One bad request, and one watcher left open.
+    // Two bad requests (one that does not decode), and one watcher left open.
     c.end_call(end_call("", "S")).await.unwrap_err();
+    let garbage = vec![0x0f];
+    let status = raw_call(channel.clone(), "EndCall", garbage).await;
+    assert_eq!(status.unwrap_err().code(), Code::InvalidArgument);
     let _open = c
         .watch_session(watch("m-open", 0))
         .await
@@ -129,10 +132,12 @@ async fn metrics_endpoint_reports_rpcs_sessions_directives_and_watchers() {
         &[("method", "GetTool"), ("code", "OK")],
         0.0,
     );
+    // The one that does not decode is refused by the codec, before any handler: it counts
+    // under validation, but not in the RPC counts.
     expect(
         "endcall_requests_rejected_total",
         &[("reason", "validation")],
-        1.0,
+        2.0,
     );
     expect(
         "endcall_sessions_ended_total",

@@ -162,12 +162,17 @@ class Directive:
 
 @dataclass(frozen=True)
 class EventResult:
+    """The reply to OnSpeechCreated, OnSpeechDone or OnSessionClose (each RPC has its own
+    message in the proto; the three have these fields)."""
+
     directives: tuple[Directive, ...]
     state: SessionState
     duplicate: bool
 
     @classmethod
-    def from_proto(cls, m: pb.EventResponse) -> "EventResult":
+    def from_proto(
+        cls, m: pb.OnSpeechCreatedResponse | pb.OnSpeechDoneResponse | pb.OnSessionCloseResponse
+    ) -> "EventResult":
         return cls(
             directives=tuple(Directive.from_proto(d) for d in m.directives),
             state=_enum(SessionState, m.state),

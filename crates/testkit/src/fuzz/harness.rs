@@ -43,6 +43,27 @@ struct Known {
     directives: Vec<pb::Directive>,
 }
 
+/// The replies of the three event RPCs: each RPC has its own message, with the same fields.
+trait EventReply {
+    fn into_parts(self) -> (i32, Vec<pb::Directive>);
+}
+
+macro_rules! event_reply {
+    ($($reply:ty),* $(,)?) => {
+        $(impl EventReply for $reply {
+            fn into_parts(self) -> (i32, Vec<pb::Directive>) {
+                (self.state, self.directives)
+            }
+        })*
+    };
+}
+
+event_reply!(
+    pb::OnSpeechCreatedResponse,
+    pb::OnSpeechDoneResponse,
+    pb::OnSessionCloseResponse,
+);
+
 pub(super) struct Harness {
     sidecar: InProcess,
     /// Sessions known to exist, with what their last report said.
@@ -261,11 +282,11 @@ impl Harness {
         rpc: Rpc,
         id: &str,
         before: Option<pb::SessionReport>,
-        result: Result<tonic::Response<pb::EventResponse>, Status>,
+        result: Result<tonic::Response<impl EventReply>, Status>,
     ) {
         let ok = result.map(|r| {
-            let r = r.into_inner();
-            (r.state, r.directives, None)
+            let (state, directives) = r.into_inner().into_parts();
+            (state, directives, None)
         });
         let codes = [Code::InvalidArgument, Code::ResourceExhausted];
         self.event(rpc, id, before, ok, &codes).await;
