@@ -166,9 +166,11 @@ pub(super) mod tests {
         queue.submit(report(1)).unwrap();
         // The panic leaves the flush queued behind it unanswered: the wait runs out.
         assert!(!queue.flush(Duration::from_millis(200)));
-        // On a loaded machine the thread may not even have reached the report yet: until it
-        // has died, a report is still queued (and dropped with the thread's queue). Once it
-        // has, the report comes back.
+        // The queue refuses reports only once the thread has unwound and dropped its end,
+        // after the panic hook has run: with RUST_BACKTRACE set, the hook resolves a backtrace,
+        // 100 ms and more in a debug build, longer on a loaded machine. Until then a report is
+        // still accepted (and goes with the thread), so wait for the hand-back rather than
+        // assume it. At most 1,000 reports in the 10 s stay under `QUEUE`: no submit blocks.
         let patience = std::time::Instant::now() + Duration::from_secs(10);
         let back = loop {
             match queue.submit(report(2)) {
