@@ -89,8 +89,10 @@ async fn realtime_reply_timeout_arrives_on_the_watch_stream() {
     // The watcher connects before the session exists.
     let mut stream = c.watch_session(watch("t1", 0)).await.unwrap().into_inner();
     c.end_call(realtime_end_call("t1", "S")).await.unwrap();
-    c.on_speech_done(done("t1", "S")).await.unwrap();
+    // Taken before the request: the server starts the timeout when it handles it, so the
+    // directive comes at least 200 ms after this, however long the reply took to get back.
     let started = Instant::now();
+    c.on_speech_done(done("t1", "S")).await.unwrap();
 
     let d = next(&mut stream).await;
     assert!(
