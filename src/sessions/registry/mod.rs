@@ -63,9 +63,11 @@ pub trait Hooks: Send + Sync + 'static {
     fn housekeeping(&self);
 }
 
-/// Hooks that want nothing: for tests, and anything else that runs a registry on its own.
+/// Hooks that want nothing: for the registry's own tests.
+#[cfg(test)]
 pub(crate) struct NoHooks;
 
+#[cfg(test)]
 impl Hooks for NoHooks {
     fn wants_reports(&self) -> bool {
         false
@@ -83,9 +85,10 @@ pub struct Wiring {
     pub hooks: Arc<dyn Hooks>,
 }
 
+#[cfg(test)]
 impl Wiring {
     /// tokio's clock, the timer task on the current runtime (so a paused clock drives it),
-    /// and no hooks: what the registry's tests and in-process harnesses use.
+    /// and no hooks: what the registry's tests use.
     pub fn on_current_runtime() -> Self {
         Self {
             clock: Clock::new(),
