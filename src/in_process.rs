@@ -11,10 +11,7 @@ use crate::{
     app::config::{Cli, Config},
     app::housekeeping::ProcessHooks,
     grpc::service::EndCallApi,
-    sessions::{
-        clock::Clock,
-        registry::{Registry, TimerThread, Wiring},
-    },
+    sessions::registry::{Registry, TimerThread},
 };
 
 /// The service and the registry behind it, configured by the binary's own flags.
@@ -37,12 +34,7 @@ impl InProcess {
         let cli = Cli::try_parse_from(program.chain(args.into_iter().map(Into::into)))
             .map_err(|err| err.to_string())?;
         let config = Config::from(&cli.serve);
-        let wiring = Wiring {
-            clock: Clock::new(),
-            timers: TimerThread::Shared,
-            hooks: Arc::new(ProcessHooks),
-        };
-        let registry = Registry::start(config.registry, wiring)
+        let registry = Registry::start(config.registry, ProcessHooks::wiring(TimerThread::Shared))
             .map_err(|err| format!("cannot start the timer task: {err}"))?;
         let service = EndCallApi::new(
             Arc::clone(&registry),

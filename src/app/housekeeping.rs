@@ -1,12 +1,32 @@
 //! The process's side of the registry's hooks: end-of-call reports go to the log, and the
 //! timer task's once-a-second tick lets the allocator give freed memory back.
 
+use std::sync::Arc;
+
 use endcall_core::report::Report;
 
-use crate::{sessions::registry::Hooks, telemetry};
+use crate::{
+    sessions::{
+        clock::Clock,
+        registry::{Hooks, TimerThread, Wiring},
+    },
+    telemetry,
+};
 
 /// The hooks the server gives its registry.
 pub(crate) struct ProcessHooks;
+
+impl ProcessHooks {
+    /// What a registry of this process is wired to: tokio's clock, these hooks, and its timer
+    /// task where `timers` says.
+    pub(crate) fn wiring(timers: TimerThread) -> Wiring {
+        Wiring {
+            clock: Clock::new(),
+            timers,
+            hooks: Arc::new(ProcessHooks),
+        }
+    }
+}
 
 impl Hooks for ProcessHooks {
     fn wants_reports(&self) -> bool {

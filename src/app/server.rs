@@ -26,9 +26,8 @@ use crate::{
     grpc::proto::{self, v1::end_call_service_server::EndCallServiceServer},
     grpc::service::EndCallApi,
     grpc::tls,
-    sessions::clock::Clock,
     sessions::journal::{self, Opened},
-    sessions::registry::{Registry, TimerThread, Wiring},
+    sessions::registry::{Registry, TimerThread},
     telemetry::{self, metrics},
 };
 
@@ -121,11 +120,7 @@ pub async fn serve(
     let auth = AuthLayer::new(auth::Policy::load(&config.auth)?);
     let server = tls::configure(Server::builder(), &config.tls)?;
 
-    let wiring = Wiring {
-        clock: Clock::new(),
-        timers: TimerThread::Dedicated,
-        hooks: Arc::new(ProcessHooks),
-    };
+    let wiring = ProcessHooks::wiring(TimerThread::Dedicated);
     let registry = match &config.state {
         None => Registry::start(config.registry.clone(), wiring).map_err(ServeError::Timers)?,
         Some(state) => {
