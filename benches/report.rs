@@ -36,6 +36,8 @@ fn closed_session(n: u64) -> (SessionId, Session) {
     let timing = Timing {
         playout_guard: Duration::from_secs(30),
         wind_up_grace: Duration::from_secs(30),
+        worker_lost_after: Duration::from_secs(10),
+        close_deadline: Duration::from_secs(60),
     };
     let at = |ms: u64| Time::from_micros(n * 1_000 + ms * 1_000);
     let mut session = Session::new(Arc::new(Options::default()), at(0));

@@ -109,6 +109,16 @@ pub struct ServeArgs {
     #[arg(long, env = "ENDCALL_WIND_UP_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub wind_up_grace: Duration,
 
+    /// How long an attended session (its worker held a WatchSession stream) may go with no
+    /// stream open and no event before its worker counts as lost and the sidecar ends the call.
+    #[arg(long, env = "ENDCALL_WORKER_LOST_AFTER", default_value = "10s", value_parser = parse_positive)]
+    pub worker_lost_after: Duration,
+
+    /// After SHUTDOWN_SESSION, how long the worker has to close the session before the sidecar
+    /// ends the call itself.
+    #[arg(long, env = "ENDCALL_CLOSE_DEADLINE", default_value = "60s", value_parser = parse_positive)]
+    pub close_deadline: Duration,
+
     /// Instructions sent with WIND_UP, for the reply that winds the call up.
     #[arg(
         long,
@@ -273,6 +283,8 @@ impl From<&ServeArgs> for Config {
                 timing: Timing {
                     playout_guard: args.playout_guard,
                     wind_up_grace: args.wind_up_grace,
+                    worker_lost_after: args.worker_lost_after,
+                    close_deadline: args.close_deadline,
                 },
                 closed_retention: args.closed_retention,
                 idle_expiry: args.idle_expiry,

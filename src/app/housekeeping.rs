@@ -1,11 +1,13 @@
-//! The process's side of the registry's hooks: end-of-call reports go to the log, and the
-//! timer task's once-a-second tick lets the allocator give freed memory back.
+//! The process's side of the registry's hooks: end-of-call reports go to the log, rooms the
+//! sidecar must delete go to the teardown worker, and the timer task's once-a-second tick lets
+//! the allocator give freed memory back.
 
 use std::sync::Arc;
 
-use endcall_core::report::Report;
+use endcall_core::{domain::TeardownOrder, report::Report};
 
 use crate::{
+    app::teardown::{self, TeardownQueue, Teardowns},
     sessions::{
         clock::Clock,
         registry::{Hooks, TimerThread, Wiring},
@@ -14,17 +16,22 @@ use crate::{
 };
 
 /// The hooks the server gives its registry.
-pub(crate) struct ProcessHooks;
+pub(crate) struct ProcessHooks {
+    teardowns: TeardownQueue,
+}
 
 impl ProcessHooks {
     /// What a registry of this process is wired to: tokio's clock, these hooks, and its timer
-    /// task where `timers` says.
-    pub(crate) fn wiring(timers: TimerThread) -> Wiring {
-        Wiring {
+    /// task where `timers` says; and the teardown queue's receiving end, to start once the
+    /// registry exists (orders a restart hands out wait in it until then).
+    pub(crate) fn wiring(timers: TimerThread) -> (Wiring, Teardowns) {
+        let (queue, teardowns) = teardown::queue();
+        let wiring = Wiring {
             clock: Clock::new(),
             timers,
-            hooks: Arc::new(ProcessHooks),
-        }
+            hooks: Arc::new(ProcessHooks { teardowns: queue }),
+        };
+        (wiring, teardowns)
     }
 }
 
@@ -35,6 +42,10 @@ impl Hooks for ProcessHooks {
 
     fn session_ended(&self, report: Report) {
         telemetry::session_ended(report);
+    }
+
+    fn teardown(&self, order: TeardownOrder) {
+        self.teardowns.push(order);
     }
 
     fn housekeeping(&self) {

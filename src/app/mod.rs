@@ -6,6 +6,7 @@ pub(crate) mod housekeeping;
 pub(crate) mod probe;
 pub(crate) mod runtime;
 pub(crate) mod server;
+pub(crate) mod teardown;
 
 use std::{io::Write as _, process::ExitCode};
 

@@ -106,6 +106,12 @@ fn remove_stale_socket(path: &PathBuf) -> io::Result<()> {
     }
 }
 
+/// How often an idle connection is pinged, and how long the ping's answer may take: a
+/// half-open connection is noticed within their sum (10 s), about the default worker-lost
+/// window, so a worker whose host vanished is torn down about 20 s after, not never.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 type ServeFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
 /// Serves until `shutdown` completes, then drains: health turns NOT_SERVING at once, the
@@ -118,9 +124,17 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     // Security first: a bad token or certificate file must fail before anything serves.
     let auth = AuthLayer::new(auth::Policy::load(&config.auth)?);
-    let server = tls::configure(Server::builder(), &config.tls)?;
+    let server = tls::configure(
+        Server::builder()
+            // A watch stream is the worker's lease: a connection that went half-open (its
+            // peer's host vanished without a FIN) must end its streams, or the lease would
+            // never lapse. Pings cost a frame each way; docs/operations.md says why these.
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT)),
+        &config.tls,
+    )?;
 
-    let wiring = ProcessHooks::wiring(TimerThread::Dedicated);
+    let (wiring, teardowns) = ProcessHooks::wiring(TimerThread::Dedicated);
     let registry = match &config.state {
         None => Registry::start(config.registry.clone(), wiring).map_err(ServeError::Timers)?,
         Some(state) => {
@@ -138,6 +152,7 @@ pub async fn serve(
             registry
         }
     };
+    teardowns.start(Arc::downgrade(&registry), None);
     let journal_failed = registry.journal_failed();
     let draining = CancellationToken::new();
 

@@ -6,10 +6,11 @@ use std::{cell::RefCell, sync::Arc, time::Duration};
 use crate::{grpc::error::ApiError, grpc::proto::v1 as pb};
 use endcall_core::{
     domain::{
-        check_id, Capabilities, CloseReason, Directive, IssuedDirective, Options, OptionsPatch,
-        Outcome, ShutdownCause, SpeechId, State, Time, MAX_REPLY_TIMEOUT, MAX_TEXT_BYTES,
+        check_id, check_room, Capabilities, CloseReason, Directive, IssuedDirective, Options,
+        OptionsPatch, Outcome, RoomName, ShutdownCause, SpeechId, State, TeardownCause,
+        TeardownResult, Time, MAX_REPLY_TIMEOUT, MAX_TEXT_BYTES,
     },
-    report::{Report, ReportItem},
+    report::{Report, ReportItem, TeardownReport},
 };
 
 /// Checks an id against the domain's rule (`domain::check_id`), naming the field.
@@ -203,7 +204,38 @@ fn outcome(outcome: Option<Outcome>) -> pb::Outcome {
         Some(Outcome::ClosedDuringEndCall) => pb::Outcome::ClosedDuringEndCall,
         Some(Outcome::ClosedWithoutEndCall) => pb::Outcome::ClosedWithoutEndCall,
         Some(Outcome::Expired) => pb::Outcome::Expired,
+        Some(Outcome::WorkerLost) => pb::Outcome::WorkerLost,
     }
+}
+
+fn teardown(teardown: &TeardownReport) -> pb::Teardown {
+    let mut out = pb::Teardown {
+        decided_at: Some(timestamp(teardown.decided_at)),
+        attempts: teardown.attempts,
+        finished_at: teardown.finished_at.map(timestamp),
+        error: teardown.error.clone().unwrap_or_default(),
+        ..pb::Teardown::default()
+    };
+    out.set_cause(match teardown.cause {
+        TeardownCause::WorkerLost => pb::TeardownCause::WorkerLost,
+        TeardownCause::CloseDeadline => pb::TeardownCause::CloseDeadline,
+    });
+    out.set_result(match teardown.result {
+        None => pb::TeardownResult::Unspecified,
+        Some(TeardownResult::RoomDeleted) => pb::TeardownResult::RoomDeleted,
+        Some(TeardownResult::RoomAlreadyGone) => pb::TeardownResult::RoomAlreadyGone,
+        Some(TeardownResult::RoomKept) => pb::TeardownResult::RoomKept,
+        Some(TeardownResult::NoRoom) => pb::TeardownResult::NoRoom,
+        Some(TeardownResult::NotConfigured) => pb::TeardownResult::NotConfigured,
+        Some(TeardownResult::Failed) => pb::TeardownResult::Failed,
+    });
+    out
+}
+
+/// Checks a room name against the domain's rule (`domain::check_room`); empty means none.
+pub(crate) fn room(raw: &str) -> Result<Option<RoomName>, ApiError> {
+    check_room(raw).map_err(|problem| ApiError::invalid("room", problem.to_string()))?;
+    Ok((!raw.is_empty()).then(|| RoomName::new(raw)))
 }
 
 /// Maps issued directives onto the wire; needs the session id and the server's wind-up text.
@@ -279,6 +311,13 @@ impl DirectiveMapper {
             timeline_dropped: report.timeline_dropped,
             directives: self.directives(id, &report.directives),
             error_message: report.close_error.clone(),
+            room: report
+                .room
+                .as_ref()
+                .map(|room| room.as_str().to_owned())
+                .unwrap_or_default(),
+            attended: report.attended,
+            teardown: report.teardown.as_ref().map(teardown),
             ..pb::SessionReport::default()
         };
         out.set_state(state(report.state));

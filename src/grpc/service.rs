@@ -188,11 +188,13 @@ impl EndCallService for EndCallApi {
             let options = convert::options(req.options, &api.registry.settings().defaults)?;
             let max_duration =
                 convert::duration("max_duration", req.max_duration, MAX_CALL_DURATION)?;
+            let room = convert::room(&req.room)?;
             let applied = api.registry.apply_with(
                 id,
                 Event::Open {
                     options,
                     max_duration,
+                    room,
                 },
                 |session| convert::resolved_options(session.options(), session.max_duration()),
             )?;

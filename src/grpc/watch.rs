@@ -1,5 +1,7 @@
 //! `WatchSession`: one session's directives, replayed after `after_seq`, then followed live
-//! until the session has closed and its last directive is sent.
+//! until the session has closed and its last directive is sent. The stream is also the
+//! worker's lease on the session (`docs/contract.md`, the worker's lease): it holds it from
+//! its first poll until it ends or the client lets go of it.
 
 use std::sync::Arc;
 
@@ -44,7 +46,20 @@ pub(super) struct Follow {
     /// `None` once the stream has ended (or if the session was gone at the poll).
     changed: Option<watch::Receiver<()>>,
     /// Held from the call until the stream ends, or the client lets go of it first.
-    open: Option<(OwnedSemaphorePermit, metrics::WatcherGuard)>,
+    open: Option<(OwnedSemaphorePermit, metrics::WatcherGuard, LeaseHeld)>,
+}
+
+/// The session's lease, taken by the stream's first poll (`poll_watch` with `opening`) and
+/// given back when this is dropped.
+struct LeaseHeld {
+    registry: Arc<Registry>,
+    id: String,
+}
+
+impl Drop for LeaseHeld {
+    fn drop(&mut self) {
+        self.registry.stream_closed(&self.id);
+    }
 }
 
 impl Follow {
@@ -57,6 +72,10 @@ impl Follow {
         first: WatchPoll,
         slot: OwnedSemaphorePermit,
     ) -> Self {
+        let lease = LeaseHeld {
+            registry: Arc::clone(&registry),
+            id: id.clone(),
+        };
         let mut follow = Follow {
             registry,
             mapper,
@@ -67,7 +86,7 @@ impl Follow {
             more: false,
             finished: false,
             changed: None,
-            open: Some((slot, metrics::WatcherGuard::new())),
+            open: Some((slot, metrics::WatcherGuard::new(), lease)),
         };
         follow.take(first);
         follow
@@ -132,8 +151,8 @@ impl Follow {
         }
     }
 
-    /// Nothing more will be sent: the slot and the subscription go now, before the client
-    /// lets go of the stream.
+    /// Nothing more will be sent: the slot, the lease and the subscription go now, before the
+    /// client lets go of the stream.
     fn end(&mut self) {
         self.finished = true;
         self.more = false;

@@ -11,7 +11,9 @@ use metrics::{
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use tonic::Code;
 
-use endcall_core::domain::{CloseReason, Directive, Outcome, ShutdownCause, State};
+use endcall_core::domain::{
+    CloseReason, Directive, Outcome, ShutdownCause, State, TeardownCause, TeardownResult,
+};
 
 pub const RPC_REQUESTS: &str = "endcall_rpc_requests_total";
 pub const RPC_DURATION: &str = "endcall_rpc_duration_seconds";
@@ -135,6 +137,12 @@ fn zero() {
     for outcome in Outcome::ALL {
         counter!(SESSIONS_ENDED, "outcome" => outcome.as_str()).absolute(0);
     }
+    gauge!(SESSIONS_UNATTENDED).set(0.0);
+    for cause in TeardownCause::ALL {
+        for result in TeardownResult::ALL {
+            counter!(TEARDOWNS, "cause" => cause.as_str(), "result" => result.as_str()).absolute(0);
+        }
+    }
 }
 
 fn describe() {
@@ -182,6 +190,14 @@ fn describe() {
     describe_counter!(
         JOURNAL_RECORDS,
         "State journal (--state-dir): records made durable."
+    );
+    describe_gauge!(
+        SESSIONS_UNATTENDED,
+        "Attended sessions (their worker held a WatchSession stream) whose worker holds none now: each is torn down unless its worker comes back within --worker-lost-after."
+    );
+    describe_counter!(
+        TEARDOWNS,
+        "Calls the sidecar ended itself, by cause (worker_lost, close_deadline) and result."
     );
     describe_gauge!(
         ALIVE_TASKS,
@@ -304,4 +320,18 @@ pub const JOURNAL_RECORDS: &str = "endcall_journal_records_total";
 pub fn journal_sync(elapsed: Duration, records: usize) {
     histogram!(JOURNAL_SYNC).record(elapsed.as_secs_f64());
     counter!(JOURNAL_RECORDS).increment(records as u64);
+}
+
+pub const SESSIONS_UNATTENDED: &str = "endcall_sessions_unattended";
+pub const TEARDOWNS: &str = "endcall_teardowns_total";
+
+/// An attended session's worker let go of its last stream (`+1`), or came back or the
+/// session ended (`-1`).
+pub fn unattended(delta: f64) {
+    gauge!(SESSIONS_UNATTENDED).increment(delta);
+}
+
+/// A teardown's result is known.
+pub fn teardown(cause: TeardownCause, result: TeardownResult) {
+    counter!(TEARDOWNS, "cause" => cause.as_str(), "result" => result.as_str()).increment(1);
 }

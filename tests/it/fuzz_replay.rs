@@ -181,6 +181,37 @@ fn scenarios() -> Vec<(&'static str, Vec<Step>)> {
             ],
         ),
         (
+            "worker lost: the stream goes and does not come back",
+            vec![
+                Step::on(
+                    Rpc::OpenSession,
+                    5,
+                    0,
+                    &pb::OpenSessionRequest {
+                        room: "room-5".into(),
+                        ..Default::default()
+                    },
+                ),
+                Step::on(Rpc::WatchSession, 5, 0, &pb::WatchSessionRequest::default()),
+                Step::drop_stream(5),
+                Step::advance(s(1)),
+                Step::on(Rpc::WatchSession, 5, 0, &pb::WatchSessionRequest::default()),
+                Step::drop_stream(5),
+                Step::advance(s(3)),
+                Step::on(Rpc::GetSession, 5, 0, &pb::GetSessionRequest::default()),
+            ],
+        ),
+        (
+            "close deadline: shut down, never closed",
+            vec![
+                Step::on(Rpc::WatchSession, 0, 0, &pb::WatchSessionRequest::default()),
+                Step::on(Rpc::EndCall, 0, 0, &end_call(None, false)),
+                Step::on(Rpc::OnSpeechDone, 0, 0, &done()),
+                Step::advance(s(6)),
+                Step::on(Rpc::OnSessionClose, 0, 0, &close()),
+            ],
+        ),
+        (
             "bad input",
             vec![
                 Step::raw(Rpc::EndCall, &pb::EndCallRequest::default()),
@@ -242,6 +273,8 @@ fn scenarios_reach_every_directive_and_refusal() {
         all.causes.extend(summary.causes);
         all.refused.extend(summary.refused);
         all.watched += summary.watched;
+        all.streams_dropped += summary.streams_dropped;
+        all.teardowns.extend(summary.teardowns);
     }
     let kinds = [K::ShutdownSession, K::DeleteRoom, K::ShutdownJob, K::WindUp];
     for kind in kinds {
@@ -270,6 +303,16 @@ fn scenarios_reach_every_directive_and_refusal() {
         assert!(all.refused.contains_key(&key), "{refusal:?}: {all:?}");
     }
     assert!(all.watched >= 5, "{all:?}");
+    assert!(all.streams_dropped >= 2, "{all:?}");
+    for cause in [
+        pb::TeardownCause::WorkerLost,
+        pb::TeardownCause::CloseDeadline,
+    ] {
+        assert!(
+            all.teardowns.contains(&(cause as i32)),
+            "{cause:?}: {all:?}"
+        );
+    }
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -315,15 +358,21 @@ fn step() -> impl Strategy<Value = Step> {
                 ..Default::default()
             }
         )),
-        (session, 1i64..8).prop_map(|(s, seconds)| Step::on(
+        (session.clone(), 1i64..8, any::<bool>()).prop_map(|(s, seconds, room)| Step::on(
             Rpc::OpenSession,
             s,
             0,
             &pb::OpenSessionRequest {
                 max_duration: Some(prost_types::Duration { seconds, nanos: 0 }),
+                room: if room {
+                    format!("room-{s}")
+                } else {
+                    String::new()
+                },
                 ..Default::default()
             }
         )),
+        session.prop_map(Step::drop_stream),
         any::<u8>().prop_map(Step::Advance),
     ]
 }

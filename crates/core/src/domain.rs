@@ -385,10 +385,13 @@ pub enum Outcome {
     ClosedWithoutEndCall,
     /// No event for the idle expiry: the worker went away without closing.
     Expired,
+    /// An attended session's worker was gone for the worker-lost window before any
+    /// `SHUTDOWN_SESSION`: the sidecar closed the session and tore the call down.
+    WorkerLost,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Shutdown(ShutdownCause::ToolTurnDone),
         Outcome::Shutdown(ShutdownCause::ReplyPlayedOut),
         Outcome::Shutdown(ShutdownCause::ReplyTimeout),
@@ -397,6 +400,7 @@ impl Outcome {
         Outcome::ClosedDuringEndCall,
         Outcome::ClosedWithoutEndCall,
         Outcome::Expired,
+        Outcome::WorkerLost,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -405,7 +409,149 @@ impl Outcome {
             Outcome::ClosedDuringEndCall => "closed_during_end_call",
             Outcome::ClosedWithoutEndCall => "closed_without_end_call",
             Outcome::Expired => "expired",
+            Outcome::WorkerLost => "worker_lost",
         }
+    }
+}
+
+/// Why the sidecar tore a call down itself, because its worker could not end it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+#[cfg_attr(any(test, feature = "serde"), serde(rename_all = "snake_case"))]
+pub enum TeardownCause {
+    /// An attended session held no watch stream and sent no event for the worker-lost window.
+    WorkerLost,
+    /// No close came within the close deadline after `SHUTDOWN_SESSION`.
+    CloseDeadline,
+}
+
+impl TeardownCause {
+    pub const ALL: [TeardownCause; 2] = [TeardownCause::WorkerLost, TeardownCause::CloseDeadline];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TeardownCause::WorkerLost => "worker_lost",
+            TeardownCause::CloseDeadline => "close_deadline",
+        }
+    }
+}
+
+/// What a teardown did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+#[cfg_attr(any(test, feature = "serde"), serde(rename_all = "snake_case"))]
+pub enum TeardownResult {
+    /// LiveKit deleted the room, which hangs up every participant.
+    RoomDeleted,
+    /// The room was already gone.
+    RoomAlreadyGone,
+    /// The session's `delete_room` is off: the worker wanted the room kept.
+    RoomKept,
+    /// The session named no room: there was nothing to hang up.
+    NoRoom,
+    /// The sidecar has no LiveKit configuration: the call could not be hung up.
+    NotConfigured,
+    /// LiveKit refused, or could not be reached in time.
+    Failed,
+}
+
+impl TeardownResult {
+    pub const ALL: [TeardownResult; 6] = [
+        TeardownResult::RoomDeleted,
+        TeardownResult::RoomAlreadyGone,
+        TeardownResult::RoomKept,
+        TeardownResult::NoRoom,
+        TeardownResult::NotConfigured,
+        TeardownResult::Failed,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TeardownResult::RoomDeleted => "room_deleted",
+            TeardownResult::RoomAlreadyGone => "room_already_gone",
+            TeardownResult::RoomKept => "room_kept",
+            TeardownResult::NoRoom => "no_room",
+            TeardownResult::NotConfigured => "not_configured",
+            TeardownResult::Failed => "failed",
+        }
+    }
+
+    /// Whether the call's phone leg is known to be hung up (or was meant to stay).
+    pub const fn succeeded(self) -> bool {
+        matches!(
+            self,
+            TeardownResult::RoomDeleted
+                | TeardownResult::RoomAlreadyGone
+                | TeardownResult::RoomKept
+        )
+    }
+}
+
+/// How a teardown that needed LiveKit ended: what the registry hands back to the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TeardownDone {
+    pub result: TeardownResult,
+    /// Requests made to LiveKit.
+    pub attempts: u32,
+    /// Why it failed, for [`TeardownResult::Failed`].
+    pub error: Option<String>,
+}
+
+/// A room to delete because the sidecar tore its call down: what the machine asks of the
+/// layers around it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TeardownOrder {
+    pub session: SessionId,
+    pub room: RoomName,
+    pub cause: TeardownCause,
+    pub decided_at: Time,
+}
+
+/// A LiveKit room name, as the worker gave it.
+///
+/// One pointer wide, like [`SessionId`]: every attended session holds one inline.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+#[cfg_attr(any(test, feature = "serde"), serde(transparent))]
+pub struct RoomName(ArcStr);
+
+impl RoomName {
+    pub fn new(name: &str) -> Self {
+        Self(ArcStr::from(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Longest room name, in bytes (LiveKit's own names are far shorter).
+pub const MAX_ROOM_BYTES: usize = 256;
+
+/// Why a room name is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RoomProblem {
+    #[error("is {0} bytes, the limit is {MAX_ROOM_BYTES}")]
+    TooLong(usize),
+    #[error("must not contain control characters")]
+    ControlCharacter,
+}
+
+/// A room name is optional (empty means none), bounded and printable: it ends up in logs and
+/// in a request to LiveKit.
+pub fn check_room(raw: &str) -> Result<(), RoomProblem> {
+    if raw.len() > MAX_ROOM_BYTES {
+        Err(RoomProblem::TooLong(raw.len()))
+    } else if raw.chars().any(char::is_control) {
+        Err(RoomProblem::ControlCharacter)
+    } else {
+        Ok(())
     }
 }
 
@@ -416,6 +562,8 @@ pub enum Event {
     Open {
         options: Option<Arc<Options>>,
         max_duration: Option<Duration>,
+        /// The LiveKit room of the call; the first one given is kept.
+        room: Option<RoomName>,
     },
     EndCall {
         speech: SpeechId,

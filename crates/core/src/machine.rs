@@ -15,8 +15,9 @@ use std::{sync::Arc, time::Duration};
 use smallvec::SmallVec;
 
 use crate::domain::{
-    Capabilities, CloseReason, Directive, Event, IssuedDirective, Options, Outcome, ShutdownCause,
-    SpeechId, State, Time,
+    Capabilities, CloseReason, Directive, Event, IssuedDirective, Options, Outcome, RoomName,
+    SessionId, ShutdownCause, SpeechId, State, TeardownCause, TeardownDone, TeardownOrder,
+    TeardownResult, Time,
 };
 
 /// Server-wide timing of the extensions, passed in rather than stored per session.
@@ -26,6 +27,12 @@ pub struct Timing {
     pub playout_guard: Duration,
     /// After `WIND_UP`, how long the call may go on before `SHUTDOWN_SESSION`.
     pub wind_up_grace: Duration,
+    /// How long an attended session may go with no watch stream open and no event before its
+    /// worker counts as lost.
+    pub worker_lost_after: Duration,
+    /// How long after `SHUTDOWN_SESSION` the worker has to close the session before the
+    /// sidecar tears the call down itself.
+    pub close_deadline: Duration,
 }
 
 /// How many recently seen speech ids a session remembers, for retries and late `EndCall`s.
@@ -59,11 +66,24 @@ pub struct Step {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventRecord {
     Open,
-    EndCall { speech: SpeechId },
-    SpeechCreated { speech: SpeechId },
-    SpeechDone { speech: SpeechId, interrupted: bool },
-    Close { reason: CloseReason },
+    EndCall {
+        speech: SpeechId,
+    },
+    SpeechCreated {
+        speech: SpeechId,
+    },
+    SpeechDone {
+        speech: SpeechId,
+        interrupted: bool,
+    },
+    Close {
+        reason: CloseReason,
+    },
     Expired,
+    /// The sidecar closed the session and tore the call down.
+    TornDown {
+        cause: TeardownCause,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,12 +126,22 @@ struct RecentSpeech {
     done: bool,
 }
 
-/// How and when the session closed: by the worker (with its reason) or by idle expiry.
+/// Who closed a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closer {
+    /// The worker, with its reason.
+    Worker(CloseReason),
+    /// Nobody: an unattended session expired idle.
+    Expired,
+    /// The sidecar, tearing the call down.
+    Sidecar(TeardownCause),
+}
+
+/// How and when the session closed.
 #[derive(Debug)]
 struct CloseRecord {
     at: Time,
-    /// `None`: expired idle, never closed by the worker.
-    reason: Option<CloseReason>,
+    closer: Closer,
     error: Option<String>,
     /// Index into `directives` of the first directive the close produced.
     first_directive: usize,
@@ -128,6 +158,20 @@ struct RareParts {
     /// Extension (early reply capture): a speech created while `ENDING`, and whether it is done.
     early_reply: Option<(SpeechId, bool)>,
     close_record: Option<CloseRecord>,
+    /// The sidecar's teardown of this call, once decided.
+    teardown: Option<Teardown>,
+}
+
+/// The sidecar tearing a call down: why, when, and (once known) what came of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Teardown {
+    pub cause: TeardownCause,
+    pub decided_at: Time,
+    /// The room to delete; `None` when nothing is to be deleted (the result is then known at
+    /// once).
+    pub room: Option<RoomName>,
+    /// `None` while LiveKit is being asked.
+    pub finished: Option<(TeardownDone, Time)>,
 }
 
 /// One session's end-call state.
@@ -140,18 +184,61 @@ pub struct Session {
     capabilities: Capabilities,
     created_at: Time,
     wind_up_issued: bool,
+    /// The worker's lease: whether it ever held a watch stream, and how many it holds now.
+    lease: Lease,
+    /// Why `SHUTDOWN_SESSION` was issued, and (`shutdown_at`) when; split, so that the cause
+    /// sits in a spare byte beside the flags rather than in a 16-byte pair.
+    shutdown_cause: Option<ShutdownCause>,
+    shutdown_at: Time,
+    /// The worker's last sign of life: its last event, or the close of its last stream. Idle
+    /// expiry and the worker-lost window count from here.
+    last_activity: Time,
+    /// The LiveKit room, inline: every attended session has one.
+    room: Option<RoomName>,
     /// Almost always one: inline, so the common session allocates nothing for it.
     tool_speeches: SmallVec<[ToolSpeech; 1]>,
-    waiters: SmallVec<[Waiter; 1]>,
+    /// Realtime reply waiters: few sessions have one, so a plain `Vec` (8 bytes narrower than
+    /// an inline one).
+    waiters: Vec<Waiter>,
     /// A `Vec`, not a ring: dropping the oldest of a full one is rare, and a `Vec` is 8 bytes
     /// narrower in every session.
     recent: Vec<RecentSpeech>,
-    shutdown: Option<(ShutdownCause, Time)>,
     /// `None` until a session needs one of its rare or late parts.
     rare: Option<Box<RareParts>>,
     directives: Vec<IssuedDirective>,
     timeline: Vec<TimelineEntry>,
-    timeline_dropped: u32,
+    /// Saturates: a report says "at least" this many beyond 65,535.
+    timeline_dropped: u16,
+}
+
+/// The worker's lease in one byte: the top bit says whether the session was ever attended,
+/// the rest count its open watch streams (saturating at 127: a worker holds one, two during a
+/// reconnect).
+#[derive(Clone, Copy, Debug, Default)]
+struct Lease(u8);
+
+impl Lease {
+    const ATTENDED: u8 = 0x80;
+
+    fn attended(self) -> bool {
+        self.0 & Self::ATTENDED != 0
+    }
+
+    fn streams(self) -> u8 {
+        self.0 & !Self::ATTENDED
+    }
+
+    fn opened(self) -> Self {
+        Lease(Self::ATTENDED | (self.streams() + 1).min(!Self::ATTENDED))
+    }
+
+    fn closed(self) -> Self {
+        Lease((self.0 & Self::ATTENDED) | self.streams().saturating_sub(1))
+    }
+
+    fn none_open(self) -> Self {
+        Lease(self.0 & Self::ATTENDED)
+    }
 }
 
 impl Session {
@@ -162,10 +249,14 @@ impl Session {
             capabilities: Capabilities::default(),
             created_at: now,
             wind_up_issued: false,
+            lease: Lease::default(),
+            shutdown_cause: None,
+            shutdown_at: Time::NEVER,
+            last_activity: now,
+            room: None,
             tool_speeches: SmallVec::new(),
-            waiters: SmallVec::new(),
+            waiters: Vec::new(),
             recent: Vec::new(),
-            shutdown: None,
             rare: None,
             directives: Vec::new(),
             timeline: Vec::new(),
@@ -181,11 +272,14 @@ impl Session {
         // Deadlines that passed before this event act first: the outcome must not depend on
         // whether the timer or a late event is processed first.
         self.on_time(now, timing);
+        // Any event is a sign of life, and renews the worker's lease.
+        self.last_activity = self.last_activity.max(now);
         let duplicate = match event {
             Event::Open {
                 options,
                 max_duration,
-            } => self.open(options, max_duration, now),
+                room,
+            } => self.open(options, max_duration, room, now),
             Event::EndCall {
                 speech,
                 options,
@@ -224,6 +318,7 @@ impl Session {
             Event::Open {
                 options,
                 max_duration,
+                ..
             } => {
                 if let (Some(max), Some((known, _))) = (max_duration, self.max_duration_at()) {
                     if *max != known {
@@ -250,13 +345,20 @@ impl Session {
         &mut self,
         options: Option<Arc<Options>>,
         max_duration: Option<Duration>,
+        room: Option<RoomName>,
         now: Time,
     ) -> bool {
         let new_options = options.is_some() && !self.options_fixed;
         let new_max = max_duration.is_some() && self.max_duration_at().is_none();
-        let duplicate =
-            !new_options && !new_max && self.timeline_has(|r| matches!(r, EventRecord::Open));
+        let new_room = room.is_some() && self.room.is_none();
+        let duplicate = !new_options
+            && !new_max
+            && !new_room
+            && self.timeline_has(|r| matches!(r, EventRecord::Open));
         self.fix_options(options);
+        if self.room.is_none() {
+            self.room = room;
+        }
         if let (Some(max), None) = (max_duration, self.max_duration_at()) {
             self.rare_mut().max_duration = Some((max, now + max));
         }
@@ -316,7 +418,7 @@ impl Session {
             return true;
         }
         self.remember(&speech).created = true;
-        if self.is_closed() || self.shutdown.is_some() {
+        if self.is_closed() || self.shutdown_cause.is_some() {
             return false;
         }
         let mut captured = false;
@@ -404,7 +506,7 @@ impl Session {
         let tool = &mut self.tool_speeches[index];
         tool.done = true;
         let output_given = tool.output_given;
-        if self.shutdown.is_some() {
+        if self.shutdown_cause.is_some() {
             return;
         }
         if !self.capabilities.auto_replies() || !output_given {
@@ -426,7 +528,7 @@ impl Session {
     fn close(&mut self, reason: CloseReason, error: Option<String>, now: Time) {
         self.record(now, EventRecord::Close { reason }, false);
         let first_directive = self.directives.len();
-        if !self.tool_speeches.is_empty() || self.shutdown.is_some() {
+        if !self.tool_speeches.is_empty() || self.shutdown_cause.is_some() {
             if self.options.delete_room {
                 self.issue(Directive::DeleteRoom, now);
             }
@@ -435,7 +537,7 @@ impl Session {
         self.waiters.clear();
         self.rare_mut().close_record = Some(CloseRecord {
             at: now,
-            reason: Some(reason),
+            closer: Closer::Worker(reason),
             error,
             first_directive,
         });
@@ -448,22 +550,113 @@ impl Session {
             return false;
         }
         self.record(now, EventRecord::Expired, false);
+        self.close_by(Closer::Expired, now);
+        true
+    }
+
+    fn close_by(&mut self, closer: Closer, now: Time) {
         self.waiters.clear();
         let first_directive = self.directives.len();
         self.rare_mut().close_record = Some(CloseRecord {
             at: now,
-            reason: None,
+            closer,
             error: None,
             first_directive,
         });
-        true
+    }
+
+    /// A watch stream of the worker opened: the session is attended from now on.
+    pub fn stream_opened(&mut self, now: Time) {
+        self.lease = self.lease.opened();
+        self.last_activity = self.last_activity.max(now);
+    }
+
+    /// A watch stream of the worker ended. With none left, the worker-lost window starts now.
+    pub fn stream_closed(&mut self, now: Time) {
+        self.lease = self.lease.closed();
+        self.last_activity = self.last_activity.max(now);
+    }
+
+    /// The sidecar restarted (from its journal): no stream survived, and the sidecar's own
+    /// downtime must not count against a worker, so the window starts again now.
+    pub fn restarted(&mut self, now: Time) {
+        self.lease = self.lease.none_open();
+        self.last_activity = self.last_activity.max(now);
+    }
+
+    /// The sidecar closes the session itself and tears the call down: no directive, since the
+    /// worker is gone or stuck. The room is deleted only if the session names one and its
+    /// `delete_room` is on; otherwise the result is known at once.
+    fn tear_down(&mut self, cause: TeardownCause, now: Time) {
+        self.record(now, EventRecord::TornDown { cause }, false);
+        self.close_by(Closer::Sidecar(cause), now);
+        let (room, finished) = match (&self.room, self.options.delete_room) {
+            (_, false) => (None, Some(TeardownResult::RoomKept)),
+            (None, true) => (None, Some(TeardownResult::NoRoom)),
+            (Some(room), true) => (Some(room.clone()), None),
+        };
+        let finished = finished.map(|result| {
+            let done = TeardownDone {
+                result,
+                attempts: 0,
+                error: None,
+            };
+            (done, now)
+        });
+        self.rare_mut().teardown = Some(Teardown {
+            cause,
+            decided_at: now,
+            room,
+            finished,
+        });
+    }
+
+    /// What came of the teardown's request to LiveKit. Returns whether it was news: only a
+    /// teardown still under way takes a result, once.
+    pub fn teardown_finished(&mut self, done: TeardownDone, now: Time) -> bool {
+        match self.rare.as_deref_mut().and_then(|r| r.teardown.as_mut()) {
+            Some(teardown) if teardown.finished.is_none() => {
+                teardown.finished = Some((done, now));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The room the sidecar must still delete, if a teardown is under way.
+    pub fn teardown_order(&self, session: &SessionId) -> Option<TeardownOrder> {
+        let teardown = self.teardown()?;
+        match (&teardown.room, &teardown.finished) {
+            (Some(room), None) => Some(TeardownOrder {
+                session: session.clone(),
+                room: room.clone(),
+                cause: teardown.cause,
+                decided_at: teardown.decided_at,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether a teardown is still waiting for LiveKit.
+    pub fn teardown_pending(&self) -> bool {
+        self.teardown()
+            .is_some_and(|t| t.room.is_some() && t.finished.is_none())
+    }
+
+    pub fn teardown(&self) -> Option<&Teardown> {
+        self.rare()?.teardown.as_ref()
     }
 
     /// Applies every deadline that has passed by `now`: the reply timeout (row 5), the playout
-    /// guard and the maximum call duration.
+    /// guard, the maximum call duration, the worker-lost window and the close deadline.
     pub fn on_time(&mut self, now: Time, timing: &Timing) -> Vec<IssuedDirective> {
         let first_new = self.directives.len();
-        if !self.is_closed() && self.shutdown.is_none() {
+        if let Some((at, cause)) = self.teardown_deadline(timing) {
+            if at <= now {
+                self.tear_down(cause, now);
+            }
+        }
+        if !self.is_closed() && self.shutdown_cause.is_none() {
             if let Some((_, wind_up_at)) = self.max_duration_at() {
                 if !self.wind_up_issued && wind_up_at <= now {
                     self.wind_up_issued = true;
@@ -486,8 +679,9 @@ impl Session {
 
     /// When `on_time` next has something to do, if ever.
     pub fn next_deadline(&self, timing: &Timing) -> Option<Time> {
-        if self.is_closed() || self.shutdown.is_some() {
-            return None;
+        let teardown = self.teardown_deadline(timing).map(|(at, _)| at);
+        if self.is_closed() || self.shutdown_cause.is_some() {
+            return teardown;
         }
         let wind_up = self
             .max_duration_at()
@@ -496,7 +690,27 @@ impl Session {
         self.shutdown_deadlines(timing)
             .map(|(at, _)| at)
             .chain(wind_up)
+            .chain(teardown)
             .min()
+    }
+
+    /// When the sidecar would tear the call down, and why: the worker-lost window of an
+    /// attended session with no stream open, or the close deadline after `SHUTDOWN_SESSION`,
+    /// whichever comes first.
+    fn teardown_deadline(&self, timing: &Timing) -> Option<(Time, TeardownCause)> {
+        if self.is_closed() {
+            return None;
+        }
+        let lost = (self.lease.attended() && self.lease.streams() == 0).then(|| {
+            (
+                self.last_activity + timing.worker_lost_after,
+                TeardownCause::WorkerLost,
+            )
+        });
+        let close = self
+            .shutdown()
+            .map(|(_, at)| (at + timing.close_deadline, TeardownCause::CloseDeadline));
+        lost.into_iter().chain(close).min_by_key(|(at, _)| *at)
     }
 
     /// Every pending deadline that would end in `SHUTDOWN_SESSION`, with its cause.
@@ -525,10 +739,11 @@ impl Session {
 
     fn shut_down(&mut self, cause: ShutdownCause, now: Time) {
         // The first SHUTDOWN_SESSION wins; nothing is issued twice.
-        if self.shutdown.is_some() || self.is_closed() {
+        if self.shutdown_cause.is_some() || self.is_closed() {
             return;
         }
-        self.shutdown = Some((cause, now));
+        self.shutdown_cause = Some(cause);
+        self.shutdown_at = now;
         self.waiters.clear();
         self.issue(Directive::ShutdownSession { cause }, now);
     }
@@ -611,7 +826,7 @@ impl Session {
     pub fn state(&self) -> State {
         if self.is_closed() {
             State::Closed
-        } else if self.shutdown.is_some() {
+        } else if self.shutdown_cause.is_some() {
             State::ShuttingDown
         } else if self
             .waiters
@@ -630,14 +845,15 @@ impl Session {
 
     /// How the session ended, once it has (`SHUTDOWN_SESSION` or a close).
     pub fn outcome(&self) -> Option<Outcome> {
-        if let Some((cause, _)) = self.shutdown {
+        if let Some((cause, _)) = self.shutdown() {
             return Some(Outcome::Shutdown(cause));
         }
         let close_record = self.close_record()?;
-        Some(match close_record.reason {
-            None => Outcome::Expired,
-            Some(_) if self.tool_speeches.is_empty() => Outcome::ClosedWithoutEndCall,
-            Some(_) => Outcome::ClosedDuringEndCall,
+        Some(match close_record.closer {
+            Closer::Expired => Outcome::Expired,
+            Closer::Sidecar(_) => Outcome::WorkerLost,
+            Closer::Worker(_) if self.tool_speeches.is_empty() => Outcome::ClosedWithoutEndCall,
+            Closer::Worker(_) => Outcome::ClosedDuringEndCall,
         })
     }
 
@@ -671,16 +887,44 @@ impl Session {
         self.tool_speeches.first().map(|t| t.called_at)
     }
 
+    /// Why and when `SHUTDOWN_SESSION` was issued, if it was.
+    fn shutdown(&self) -> Option<(ShutdownCause, Time)> {
+        self.shutdown_cause.map(|cause| (cause, self.shutdown_at))
+    }
+
     pub fn shutdown_at(&self) -> Option<Time> {
-        self.shutdown.map(|(_, at)| at)
+        self.shutdown().map(|(_, at)| at)
     }
 
     pub fn closed_at(&self) -> Option<Time> {
         self.close_record().map(|c| c.at)
     }
 
+    /// The worker's reason, if the worker closed the session.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.close_record().and_then(|c| c.reason)
+        match self.close_record()?.closer {
+            Closer::Worker(reason) => Some(reason),
+            Closer::Expired | Closer::Sidecar(_) => None,
+        }
+    }
+
+    pub fn room(&self) -> Option<&RoomName> {
+        self.room.as_ref()
+    }
+
+    /// Whether the worker has ever held a watch stream.
+    pub fn attended(&self) -> bool {
+        self.lease.attended()
+    }
+
+    /// Watch streams open now.
+    pub fn streams(&self) -> u8 {
+        self.lease.streams()
+    }
+
+    /// The worker's last sign of life (see the field).
+    pub fn last_activity(&self) -> Time {
+        self.last_activity
     }
 
     pub fn close_error(&self) -> Option<&str> {
@@ -724,7 +968,7 @@ impl Session {
     }
 
     pub fn timeline_dropped(&self) -> u32 {
-        self.timeline_dropped
+        u32::from(self.timeline_dropped)
     }
 }
 

@@ -8,7 +8,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use endcall_core::domain::{Capabilities, CloseReason, Event, Options, SessionId, SpeechId, Time};
+use endcall_core::domain::{
+    Capabilities, CloseReason, Event, Options, RoomName, SessionId, SpeechId, TeardownDone,
+    TeardownResult, Time,
+};
 
 /// One input to one session, at one time.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -28,7 +31,10 @@ pub struct Record {
     /// On a session's first record only: how it was created.
     #[prost(message, optional, tag = "4")]
     pub created: Option<Created>,
-    #[prost(oneof = "Input", tags = "10, 11, 12, 13, 14, 15, 16, 17")]
+    #[prost(
+        oneof = "Input",
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21"
+    )]
     pub input: Option<Input>,
 }
 
@@ -61,6 +67,29 @@ pub enum Input {
     /// The session was dropped after its retention: its records are garbage from here on.
     #[prost(message, tag = "17")]
     Dropped(Empty),
+    /// A watch stream of the worker opened (the lease is held).
+    #[prost(message, tag = "18")]
+    StreamOpened(Empty),
+    /// A watch stream of the worker ended.
+    #[prost(message, tag = "19")]
+    StreamClosed(Empty),
+    /// The sidecar restarted from this journal: no stream survived.
+    #[prost(message, tag = "20")]
+    Restarted(Empty),
+    /// LiveKit answered the sidecar's teardown of the call.
+    #[prost(message, tag = "21")]
+    TeardownFinished(TeardownFinished),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TeardownFinished {
+    /// `TeardownResult::as_str`.
+    #[prost(string, tag = "1")]
+    pub result: String,
+    #[prost(uint32, tag = "2")]
+    pub attempts: u32,
+    #[prost(string, optional, tag = "3")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -96,6 +125,8 @@ pub struct Open {
     pub options: Option<StoredOptions>,
     #[prost(uint64, optional, tag = "2")]
     pub max_duration_micros: Option<u64>,
+    #[prost(string, optional, tag = "3")]
+    pub room: Option<String>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -142,6 +173,10 @@ pub enum MachineInput {
     Tick,
     Expire,
     Dropped,
+    StreamOpened,
+    StreamClosed,
+    Restarted,
+    TeardownFinished(TeardownDone),
 }
 
 /// A record that cannot be turned back into an input (a field out of range): the file was
@@ -191,6 +226,7 @@ impl Record {
             Input::Open(open) => MachineInput::Event(Event::Open {
                 options: open.options.as_ref().map(load_options),
                 max_duration: open.max_duration_micros.map(Duration::from_micros),
+                room: open.room.as_deref().map(RoomName::new),
             }),
             Input::EndCall(end_call) => MachineInput::Event(Event::EndCall {
                 speech: SpeechId::new(&end_call.speech),
@@ -216,6 +252,17 @@ impl Record {
             Input::Tick(_) => MachineInput::Tick,
             Input::Expire(_) => MachineInput::Expire,
             Input::Dropped(_) => MachineInput::Dropped,
+            Input::StreamOpened(_) => MachineInput::StreamOpened,
+            Input::StreamClosed(_) => MachineInput::StreamClosed,
+            Input::Restarted(_) => MachineInput::Restarted,
+            Input::TeardownFinished(done) => MachineInput::TeardownFinished(TeardownDone {
+                result: TeardownResult::ALL
+                    .into_iter()
+                    .find(|result| result.as_str() == done.result)
+                    .ok_or_else(|| bad("unknown teardown result"))?,
+                attempts: done.attempts,
+                error: done.error.clone(),
+            }),
         })
     }
 }
@@ -225,9 +272,11 @@ fn store_input(input: &MachineInput) -> Input {
         MachineInput::Event(Event::Open {
             options,
             max_duration,
+            room,
         }) => Input::Open(Open {
             options: options.as_deref().map(store_options),
             max_duration_micros: max_duration.map(micros),
+            room: room.as_ref().map(|room| room.as_str().to_owned()),
         }),
         MachineInput::Event(Event::EndCall {
             speech,
@@ -259,6 +308,14 @@ fn store_input(input: &MachineInput) -> Input {
         MachineInput::Tick => Input::Tick(Empty {}),
         MachineInput::Expire => Input::Expire(Empty {}),
         MachineInput::Dropped => Input::Dropped(Empty {}),
+        MachineInput::StreamOpened => Input::StreamOpened(Empty {}),
+        MachineInput::StreamClosed => Input::StreamClosed(Empty {}),
+        MachineInput::Restarted => Input::Restarted(Empty {}),
+        MachineInput::TeardownFinished(done) => Input::TeardownFinished(TeardownFinished {
+            result: done.result.as_str().to_owned(),
+            attempts: done.attempts,
+            error: done.error.clone(),
+        }),
     }
 }
 
@@ -345,10 +402,12 @@ mod tests {
             MachineInput::Event(Event::Open {
                 options: Some(options.clone()),
                 max_duration: Some(Duration::from_secs(60)),
+                room: Some(RoomName::new("room-9")),
             }),
             MachineInput::Event(Event::Open {
                 options: None,
                 max_duration: None,
+                room: None,
             }),
             MachineInput::Event(Event::EndCall {
                 speech: SpeechId::new("S"),
@@ -371,6 +430,19 @@ mod tests {
             MachineInput::Tick,
             MachineInput::Expire,
             MachineInput::Dropped,
+            MachineInput::StreamOpened,
+            MachineInput::StreamClosed,
+            MachineInput::Restarted,
+            MachineInput::TeardownFinished(TeardownDone {
+                result: TeardownResult::Failed,
+                attempts: 4,
+                error: Some("401 unauthenticated".into()),
+            }),
+            MachineInput::TeardownFinished(TeardownDone {
+                result: TeardownResult::RoomDeleted,
+                attempts: 1,
+                error: None,
+            }),
         ] {
             round_trip(input);
         }

@@ -41,9 +41,14 @@ impl Registry {
     }
 
     /// Rebuilds the journal's sessions by replaying their records through fresh machines.
+    ///
+    /// No watch stream survives a restart, and the sidecar's own downtime must not count
+    /// against a worker: each attended session restarts its worker-lost window now. A
+    /// teardown that was waiting for LiveKit is handed out again.
     pub(super) fn restore(&self, sessions: Vec<(SessionId, Vec<Record>)>) {
         let now = self.clock.now();
         let timing = &self.settings.timing;
+        let mut orders = Vec::new();
         for (id, records) in sessions {
             let Some(first) = records.first() else {
                 continue;
@@ -55,12 +60,10 @@ impl Registry {
                 .map_or_else(|| Arc::clone(&self.settings.defaults), load_options);
             let created_at = Time::from_micros(first.generation);
             let mut session = Session::new(defaults, created_at);
-            let mut last_activity = created_at;
             for record in &records {
                 let at = record.at();
                 match record.input() {
                     Ok(MachineInput::Event(event)) => {
-                        last_activity = at;
                         if let Err(rejection) = session.handle(event, at, timing) {
                             // Only if the timing flags changed since: the event changes nothing.
                             warn!(session_id = %id, index = record.index, %rejection, "replayed event refused");
@@ -73,11 +76,16 @@ impl Registry {
                         session.expire(at);
                     }
                     Ok(MachineInput::Dropped) => {}
+                    Ok(MachineInput::StreamOpened) => session.stream_opened(at),
+                    Ok(MachineInput::StreamClosed) => session.stream_closed(at),
+                    Ok(MachineInput::Restarted) => session.restarted(at),
+                    Ok(MachineInput::TeardownFinished(done)) => {
+                        session.teardown_finished(done, at);
+                    }
                     Err(err) => warn!(%err, "journal record skipped"),
                 }
             }
             let mut entry = Box::new(Entry {
-                last_activity,
                 armed: Time::NEVER,
                 timer: None,
                 notify: None,
@@ -85,10 +93,11 @@ impl Registry {
                 published: u32::try_from(session.last_seq()).unwrap_or(u32::MAX),
                 session,
             });
-            let retention_over = entry
-                .session
-                .closed_at()
-                .is_some_and(|closed_at| closed_at + self.settings.closed_retention <= now);
+            let retention_over = !entry.session.teardown_pending()
+                && entry
+                    .session
+                    .closed_at()
+                    .is_some_and(|closed_at| closed_at + self.settings.closed_retention <= now);
             if retention_over {
                 self.journal_input(&id, &mut entry, now, &MachineInput::Dropped, false);
                 continue;
@@ -96,12 +105,21 @@ impl Registry {
             let state = entry.session.state();
             if state != State::Closed {
                 self.live.fetch_add(1, Ordering::Relaxed);
+                if entry.session.attended() {
+                    entry.session.restarted(now);
+                    self.journal_input(&id, &mut entry, now, &MachineInput::Restarted, false);
+                    metrics::unattended(1.0);
+                }
             }
             metrics::session_state(None, Some(state));
+            orders.extend(entry.session.teardown_order(&id));
             // Armed once in the map: a deadline already past fires at once, and must find it.
             let mut held = self.sessions.entry(id).insert(entry);
             let (id, entry) = held.pair_mut();
             self.arm(id, entry);
+        }
+        for order in orders {
+            self.hooks.teardown(order);
         }
     }
 }

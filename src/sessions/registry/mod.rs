@@ -15,8 +15,13 @@
 //! lock, so each session's records keep its order; an event's reply waits for its record's
 //! fsync, and a watcher sees a directive only once the record that issued it is on disk.
 //!
+//! Each session's machine also keeps its worker's lease: a watch stream opening or ending is
+//! an input like an event (`stream_opened`, `stream_closed`), so that the machine decides when
+//! a worker is lost and replay after a restart decides the same.
+//!
 //! The registry knows nothing of the layers around it: what leaves it (each ended session's
-//! report, a housekeeping tick) goes through the [`Hooks`] it is given.
+//! report, a room the sidecar must delete, a housekeeping tick) goes through the [`Hooks`] it
+//! is given.
 //!
 //! This file holds the map and per-session ordering; `timers.rs` the timer glue, `wheel.rs`
 //! the timer wheel, `durable.rs` the journal glue and recovery, `bookkeeping.rs` what follows
@@ -36,13 +41,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use endcall_core::{
-    domain::{Directive, Event, IssuedDirective, Options, SessionId, State, Time},
+    domain::{
+        Directive, Event, IssuedDirective, Options, SessionId, State, TeardownDone, TeardownOrder,
+        Time,
+    },
     machine::{Rejection, Session, Step, Timing},
     report::Report,
 };
 
-use self::wheel::TimerKey;
 pub(crate) use self::wheel::TimerThread;
+use self::{bookkeeping::Before, wheel::TimerKey};
 use crate::{
     sessions::{
         clock::Clock,
@@ -52,13 +60,18 @@ use crate::{
 };
 
 /// What the registry hands to the layers around it without knowing them: each ended session's
-/// report (the app logs it), and a tick about once a second on the timer task (the app lets
-/// the allocator give freed memory back).
+/// report (the app logs it), each room the sidecar must delete because it tore a call down
+/// (the app asks LiveKit), and a tick about once a second on the timer task (the app lets the
+/// allocator give freed memory back).
 pub trait Hooks: Send + Sync + 'static {
     /// Whether [`Hooks::session_ended`] wants reports, so nobody builds one for nothing.
     fn wants_reports(&self) -> bool;
-    /// An ended session's report, once per session, with no session locked.
+    /// An ended session's report, once per session, with no session locked. A session the
+    /// sidecar tore down ends once its teardown has a result, so the report holds it.
     fn session_ended(&self, report: Report);
+    /// A room to delete, with no session locked. Whoever takes it must answer with
+    /// [`Registry::finish_teardown`], whatever happens: until then the session is kept.
+    fn teardown(&self, order: TeardownOrder);
     /// Called about once a second on the timer task, after the wheel's own housekeeping.
     fn housekeeping(&self);
 }
@@ -73,6 +86,7 @@ impl Hooks for NoHooks {
         false
     }
     fn session_ended(&self, _: Report) {}
+    fn teardown(&self, _: TeardownOrder) {}
     fn housekeeping(&self) {}
 }
 
@@ -149,7 +163,6 @@ pub struct WatchPoll {
 /// only the id and a pointer (16 bytes), so the spare capacity a hash table keeps costs little.
 struct Entry {
     session: Session,
-    last_activity: Time,
     /// The time this session's timer is set for ([`Time::NEVER`]: none).
     armed: Time,
     /// This session's entry in the timer wheel, once the timer task made one. Kept here rather
@@ -288,11 +301,10 @@ impl Registry {
         let now = self.clock.now();
         let (applied, ended) = {
             let mut entry = self.entry_or_create(id, now)?;
-            let before = entry.session.state();
+            let before = Before::of(&entry.session);
             // Cheap (ids and texts are shared), and only when there is a journal to write.
             let input = self.journal.as_ref().map(|_| event.clone());
             let step = entry.session.handle(event, now, &self.settings.timing)?;
-            entry.last_activity = now;
             let (key, entry) = entry.pair_mut();
             let durable = input.and_then(|event| {
                 self.journal_input(key, entry, now, &MachineInput::Event(event), true)
@@ -308,25 +320,26 @@ impl Registry {
         };
         // With the shard unlocked: queueing a report waits while the report queue is full, and
         // without the report thread (tests) the report is formatted right here.
-        if let Some(report) = ended {
-            self.hooks.session_ended(report);
-        }
+        ended.deliver(&*self.hooks);
         Ok(applied)
     }
 
     /// Directives after `after_seq`, at most `max`, and a receiver to wait for more.
     ///
-    /// With `create`, a session that does not exist yet is created (a watcher may connect
-    /// before the first event); without it, a missing session ends the stream.
+    /// With `opening`, this is a new watch stream's first poll: a session that does not exist
+    /// yet is created (a watcher may connect before the first event), and the stream takes the
+    /// session's lease until [`Registry::stream_closed`]. Without it, a missing session ends
+    /// the stream.
     pub fn poll_watch(
         &self,
         id: &str,
         after_seq: u64,
         max: usize,
-        create: bool,
+        opening: bool,
     ) -> Result<WatchPoll, RegistryError> {
-        let entry = if create {
-            Some(self.entry_or_create(id, self.clock.now())?)
+        let now = self.clock.now();
+        let entry = if opening {
+            Some(self.entry_or_create(id, now)?)
         } else {
             self.sessions.get_mut(id)
         };
@@ -338,10 +351,13 @@ impl Registry {
             });
         };
         let (key, entry) = entry.pair_mut();
-        if create {
-            // A session created by its watcher still needs its idle expiry armed; later polls
-            // of the same stream have nothing to arm.
-            self.arm(key, entry);
+        if opening {
+            let before = Before::of(&entry.session);
+            entry.session.stream_opened(now);
+            self.journal_input(key, entry, now, &MachineInput::StreamOpened, false);
+            // Nothing ends when a stream opens; this re-arms the session's timer (a new
+            // session needs its idle expiry, a lapsing lease no longer has a deadline).
+            self.settle(key, entry, before, &[]).deliver(&*self.hooks);
         }
         let pending = entry.session.directives_after(after_seq);
         // With a journal, only what is on disk: nothing a watcher acts on may be lost.
@@ -364,6 +380,46 @@ impl Registry {
             finished,
             changed: Some(changed),
         })
+    }
+
+    /// A watch stream that took the session's lease ended (the client went away, the session
+    /// closed, or the server drains). With no stream left, the worker-lost window starts.
+    pub fn stream_closed(&self, id: &str) {
+        let now = self.clock.now();
+        let ended = {
+            let Some(mut entry) = self.sessions.get_mut(id) else {
+                return;
+            };
+            let (key, entry) = entry.pair_mut();
+            if entry.session.is_closed() {
+                return;
+            }
+            let before = Before::of(&entry.session);
+            entry.session.stream_closed(now);
+            self.journal_input(key, entry, now, &MachineInput::StreamClosed, false);
+            self.settle(key, entry, before, &[])
+        };
+        ended.deliver(&*self.hooks);
+    }
+
+    /// What came of a room deletion that [`Hooks::teardown`] was handed. The session's report
+    /// goes out now, with the result in it.
+    pub fn finish_teardown(&self, id: &SessionId, done: TeardownDone) {
+        let now = self.clock.now();
+        let ended = {
+            let Some(mut entry) = self.sessions.get_mut(id.as_str()) else {
+                return;
+            };
+            let (key, entry) = entry.pair_mut();
+            let before = Before::of(&entry.session);
+            let input = MachineInput::TeardownFinished(done.clone());
+            if !entry.session.teardown_finished(done, now) {
+                return;
+            }
+            self.journal_input(key, entry, now, &input, false);
+            self.settle(key, entry, before, &[])
+        };
+        ended.deliver(&*self.hooks);
     }
 
     /// The session's report, if the session exists (live, or closed and still retained).
@@ -391,7 +447,6 @@ impl Registry {
             created = true;
             Box::new(Entry {
                 session: Session::new(Arc::clone(&self.settings.defaults), now),
-                last_activity: now,
                 armed: Time::NEVER,
                 timer: None,
                 notify: None,

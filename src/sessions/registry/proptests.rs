@@ -65,6 +65,8 @@ fn property_settings() -> Settings {
         timing: Timing {
             playout_guard: GUARD,
             wind_up_grace: Duration::from_secs(10),
+            worker_lost_after: Duration::from_secs(10),
+            close_deadline: Duration::from_secs(3600),
         },
         closed_retention: Duration::from_secs(3600),
         idle_expiry: Duration::from_secs(3600),

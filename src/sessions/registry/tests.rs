@@ -14,6 +14,8 @@ fn settings() -> Settings {
         timing: Timing {
             playout_guard: Duration::from_secs(30),
             wind_up_grace: Duration::from_secs(10),
+            worker_lost_after: Duration::from_secs(10),
+            close_deadline: Duration::from_secs(60),
         },
         closed_retention: Duration::from_secs(60),
         idle_expiry: Duration::from_secs(600),

@@ -1,6 +1,9 @@
 //! Timer glue: how sessions arm the wheel, and what a fired timer does to its session.
 
-use super::*;
+use super::{
+    bookkeeping::{Aftermath, Before},
+    *,
+};
 
 impl Registry {
     /// `id`'s wheel key, or `None` if the session is gone. Only the timer task reads or
@@ -39,7 +42,7 @@ impl Registry {
     /// Called by the timer task when a session's entry `key` in the wheel comes due.
     pub(super) fn on_timer(&self, id: &SessionId, wheel_key: TimerKey) {
         let now = self.clock.now();
-        let mut ended = None;
+        let mut ended = Aftermath::default();
         let remove = {
             let Some(mut entry) = self.sessions.get_mut(id.as_str()) else {
                 return;
@@ -49,10 +52,11 @@ impl Registry {
                 entry.timer = None;
                 entry.armed = Time::NEVER;
             }
-            let before = entry.session.state();
+            let before = Before::of(&entry.session);
             let timing = &self.settings.timing;
             if let Some(closed_at) = entry.session.closed_at() {
-                let retention_over = closed_at + self.settings.closed_retention <= now;
+                let retention_over = closed_at + self.settings.closed_retention <= now
+                    && !entry.session.teardown_pending();
                 if !retention_over {
                     // An earlier, stale timer (a deadline the close cancelled): wait for the
                     // retention's end instead, or the session would never be dropped.
@@ -60,7 +64,7 @@ impl Registry {
                 }
                 retention_over
             } else {
-                let issued = if entry.last_activity + self.settings.idle_expiry <= now {
+                let issued = if self.idle_expiry(&entry.session) <= now {
                     entry.session.expire(now);
                     self.journal_input(key, entry, now, &MachineInput::Expire, false);
                     Vec::new()
@@ -80,17 +84,16 @@ impl Registry {
                 false
             }
         };
-        if let Some(report) = ended {
-            self.hooks.session_ended(report);
-        }
+        ended.deliver(&*self.hooks);
         if remove {
             // Dropping the entry drops its notifier, which ends any watch stream still open.
             let retention = self.settings.closed_retention;
             let removed = self.sessions.remove_if(id.as_str(), |_, entry| {
-                entry
-                    .session
-                    .closed_at()
-                    .is_some_and(|closed_at| closed_at + retention <= now)
+                let session = &entry.session;
+                !session.teardown_pending()
+                    && session
+                        .closed_at()
+                        .is_some_and(|closed_at| closed_at + retention <= now)
             });
             if let Some((id, mut entry)) = removed {
                 metrics::session_state(Some(State::Closed), None);
@@ -100,11 +103,23 @@ impl Registry {
         }
     }
 
+    /// When a live session expires idle: only one that was never attended. An attended one
+    /// keeps its worker's lease instead, and ends by the worker-lost window if it lapses.
+    pub(super) fn idle_expiry(&self, session: &Session) -> Time {
+        if session.attended() {
+            Time::NEVER
+        } else {
+            session.last_activity() + self.settings.idle_expiry
+        }
+    }
+
     pub(super) fn arm(&self, id: &SessionId, entry: &mut Entry) {
         let wake = match entry.session.closed_at() {
+            // Kept until LiveKit has answered: `finish_teardown` re-arms it.
+            Some(_) if entry.session.teardown_pending() => Time::NEVER,
             Some(closed_at) => closed_at + self.settings.closed_retention,
             None => {
-                let idle = entry.last_activity + self.settings.idle_expiry;
+                let idle = self.idle_expiry(&entry.session);
                 entry
                     .session
                     .next_deadline(&self.settings.timing)

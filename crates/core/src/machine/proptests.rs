@@ -4,13 +4,20 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::domain::{Capabilities, CloseReason, Directive, Event, Options, ShutdownCause};
+use crate::domain::{
+    Capabilities, CloseReason, Directive, Event, Options, RoomName, SessionId, ShutdownCause,
+    TeardownCause, TeardownDone, TeardownOrder, TeardownResult,
+};
 
 const GUARD: Duration = Duration::from_secs(30);
 const TIMING: Timing = Timing {
     playout_guard: GUARD,
     wind_up_grace: Duration::from_secs(10),
+    worker_lost_after: LOST,
+    close_deadline: CLOSE_DEADLINE,
 };
+const LOST: Duration = Duration::from_secs(10);
+const CLOSE_DEADLINE: Duration = Duration::from_secs(60);
 const SPEECHES: [&str; 4] = ["S1", "S2", "R1", "R2"];
 
 #[derive(Clone, Debug)]
@@ -20,6 +27,13 @@ enum Op {
     Done(usize, bool, Option<bool>),
     Close(CloseReason),
     Advance(u64),
+    /// The worker's watch stream opened or ended (the lease).
+    StreamOpened,
+    StreamClosed,
+    /// The sidecar restarted from its journal.
+    Restarted,
+    /// LiveKit answered the teardown's request.
+    TeardownFinished(bool),
 }
 
 fn capabilities() -> impl Strategy<Value = Capabilities> {
@@ -42,6 +56,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(s, i, g)| Op::Done(s, i, g)),
         1 => proptest::sample::select(CloseReason::ALL.to_vec()).prop_map(Op::Close),
         3 => (0u64..40_000).prop_map(Op::Advance),
+        2 => Just(Op::StreamOpened),
+        2 => Just(Op::StreamClosed),
+        1 => Just(Op::Restarted),
+        1 => any::<bool>().prop_map(Op::TeardownFinished),
     ]
 }
 
@@ -66,27 +84,113 @@ struct Run {
     /// When each tool speech became done (with its EndCall seen), in order.
     tool_done: Vec<Time>,
     now: Time,
+    /// The lease as the worker saw it: streams it held, and its last sign of life.
+    lease: Lease,
+    /// Every teardown order seen after an op, with the op's index.
+    orders: Vec<TeardownOrder>,
+}
+
+/// The test's own model of the worker's lease.
+#[derive(Default)]
+struct Lease {
+    attended: bool,
+    streams: u32,
+    last_sign: Time,
+    /// Set when the worker closed the session itself.
+    worker_closed: bool,
+}
+
+impl Lease {
+    /// When the worker counts as lost, if it can be.
+    fn lost_at(&self) -> Option<Time> {
+        (self.attended && self.streams == 0).then(|| self.last_sign + LOST)
+    }
 }
 
 fn run(options: Options, ops: &[Op]) -> Run {
     let options = Arc::new(options);
     let mut now = Time::from_micros(1_000_000_000_000_000);
     let mut session = Session::new(Arc::clone(&options), now);
+    let open = Event::Open {
+        options: None,
+        max_duration: None,
+        room: Some(RoomName::new("room")),
+    };
+    session
+        .handle(open, now, &TIMING)
+        .expect("a new session opens");
     let mut issued = Vec::new();
     let mut first_end_call = None;
     let mut tool_done = Vec::new();
     let mut called = [false; SPEECHES.len()];
     let mut done = [false; SPEECHES.len()];
+    let mut lease = Lease {
+        last_sign: now,
+        ..Lease::default()
+    };
+    let mut orders = Vec::new();
+    let id = SessionId::new("call");
     for op in ops {
+        if let Some(order) = session.teardown_order(&id) {
+            if orders.last() != Some(&order) {
+                orders.push(order);
+            }
+        }
+        let torn_down_before = session.teardown().is_some();
         let event = match op {
             Op::Advance(ms) => {
                 let target = now + Duration::from_millis(*ms);
                 // A perfect timer: each deadline is applied at its own instant.
                 while let Some(deadline) = session.next_deadline(&TIMING).filter(|d| *d <= target) {
                     now = now.max(deadline);
+                    let lost_at = lease.lost_at();
                     issued.extend(session.on_time(now, &TIMING));
+                    if let (false, Some(t)) = (torn_down_before, session.teardown()) {
+                        if t.cause == TeardownCause::WorkerLost {
+                            // Exactly at the end of the window the test's own model computes.
+                            assert_eq!(
+                                Some(t.decided_at),
+                                lost_at,
+                                "worker lost when the model says"
+                            );
+                        }
+                    }
                 }
                 now = target;
+                continue;
+            }
+            Op::StreamOpened => {
+                session.stream_opened(now);
+                lease.attended = true;
+                lease.streams += 1;
+                lease.last_sign = now;
+                continue;
+            }
+            Op::StreamClosed => {
+                session.stream_closed(now);
+                lease.streams = lease.streams.saturating_sub(1);
+                lease.last_sign = now;
+                continue;
+            }
+            Op::Restarted => {
+                session.restarted(now);
+                lease.streams = 0;
+                lease.last_sign = now;
+                continue;
+            }
+            Op::TeardownFinished(deleted) => {
+                let result = if *deleted {
+                    TeardownResult::RoomDeleted
+                } else {
+                    TeardownResult::Failed
+                };
+                let pending = session.teardown_pending();
+                let done = TeardownDone {
+                    result,
+                    attempts: 1,
+                    error: None,
+                };
+                assert_eq!(session.teardown_finished(done, now), pending);
                 continue;
             }
             Op::EndCall(s, capabilities) => Event::EndCall {
@@ -109,6 +213,10 @@ fn run(options: Options, ops: &[Op]) -> Run {
             },
         };
         let was_closed = session.is_closed();
+        lease.last_sign = now;
+        if matches!(op, Op::Close(_)) && !was_closed {
+            lease.worker_closed = true;
+        }
         match session.handle(event, now, &TIMING) {
             Ok(step) => {
                 // A repeated close answers the first close's directives again: not new ones.
@@ -138,12 +246,19 @@ fn run(options: Options, ops: &[Op]) -> Run {
             Err(other) => panic!("unexpected rejection {other:?}"),
         }
     }
+    if let Some(order) = session.teardown_order(&id) {
+        if orders.last() != Some(&order) {
+            orders.push(order);
+        }
+    }
     Run {
         session,
         issued,
         first_end_call,
         tool_done,
         now,
+        lease,
+        orders,
     }
 }
 
@@ -203,6 +318,59 @@ proptest! {
                     }
                 }
                 (None, closed) => prop_assert!(closed.is_some(), "end_call without shutdown or close"),
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The sidecar's own teardown: only for a lost or stuck worker, at most once, never for a
+    /// session its worker closed, and a room is deleted only when `delete_room` is on.
+    #[test]
+    fn teardowns_obey_the_contract(options in options(), ops in proptest::collection::vec(op(), 0..40)) {
+        let delete_room = options.delete_room;
+        let r = run(options, &ops);
+        let teardown = r.session.teardown().cloned();
+        let torn_down = r.session.timeline().filter(|e| matches!(
+            e.item,
+            TimelineItem::Event { record: EventRecord::TornDown { .. }, .. }
+        )).count();
+        prop_assert!(torn_down <= 1, "at most one teardown per session");
+        prop_assert_eq!(torn_down == 1, teardown.is_some());
+        prop_assert!(r.orders.len() <= 1, "at most one room deletion asked for: {:?}", r.orders);
+        if r.lease.worker_closed {
+            let closed_by_worker = r.session.close_reason().is_some();
+            if closed_by_worker {
+                prop_assert!(teardown.is_none(), "none for a session its worker closed");
+            }
+        }
+        if !delete_room {
+            prop_assert!(r.orders.is_empty(), "no room deleted with delete_room off");
+            if let Some(t) = &teardown {
+                prop_assert_eq!(t.finished.as_ref().map(|(d, _)| d.result), Some(TeardownResult::RoomKept));
+            }
+        }
+        if let Some(t) = &teardown {
+            prop_assert!(r.session.is_closed());
+            prop_assert_eq!(r.session.closed_at(), Some(t.decided_at));
+            match t.cause {
+                TeardownCause::WorkerLost => {
+                    prop_assert!(r.lease.attended, "only an attended session loses its worker");
+                }
+                TeardownCause::CloseDeadline => {
+                    let shutdown = r.session.shutdown_at().expect("a close deadline follows a shutdown");
+                    prop_assert_eq!(t.decided_at, shutdown + CLOSE_DEADLINE);
+                }
+            }
+        } else if !r.session.is_closed() {
+            // Liveness: a lost worker is noticed by the end of its window.
+            if let Some(lost_at) = r.lease.lost_at() {
+                prop_assert!(r.now < lost_at, "the worker was lost at {lost_at:?}, now {:?}", r.now);
+            }
+            if let Some(shutdown) = r.session.shutdown_at() {
+                prop_assert!(r.now < shutdown + CLOSE_DEADLINE);
             }
         }
     }

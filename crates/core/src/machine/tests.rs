@@ -3,11 +3,16 @@
 //! the reply timeout is the reference's 5 s.
 
 use super::*;
-use crate::domain::{Capabilities, CloseReason, Directive, Event, Options, ShutdownCause, State};
+use crate::domain::{
+    Capabilities, CloseReason, Directive, Event, Options, RoomName, SessionId, ShutdownCause,
+    State, TeardownCause, TeardownDone, TeardownOrder, TeardownResult,
+};
 
 const TIMING: Timing = Timing {
     playout_guard: Duration::from_secs(30),
     wind_up_grace: Duration::from_secs(10),
+    worker_lost_after: Duration::from_secs(10),
+    close_deadline: Duration::from_secs(60),
 };
 
 fn t(ms: u64) -> Time {
@@ -299,7 +304,8 @@ fn row5_reply_timeout_shuts_down() {
         [shutdown(ShutdownCause::ReplyTimeout)]
     );
     assert_eq!(s.state(), State::ShuttingDown);
-    assert_eq!(s.next_deadline(&TIMING), None);
+    // Only the close deadline is left.
+    assert_eq!(s.next_deadline(&TIMING), Some(t(67_000)));
 }
 
 #[test]
@@ -442,9 +448,10 @@ fn after_shutdown_only_a_close_produces_directives() {
     apply(&mut s, done("S"), t(2));
     assert!(apply(&mut s, end_call("S2", pipeline()), t(3)).is_empty());
     assert!(apply(&mut s, done("S2"), t(4)).is_empty());
-    assert!(tick(&mut s, t(3_600_000)).is_empty());
+    // Up to the close deadline, 60 s after the shutdown at t(2).
+    assert!(tick(&mut s, t(60_001)).is_empty());
     assert_eq!(
-        apply(&mut s, close(CloseReason::UserInitiated), t(5)).len(),
+        apply(&mut s, close(CloseReason::UserInitiated), t(60_001)).len(),
         2
     );
 }
@@ -745,6 +752,7 @@ fn open(max: Option<Duration>) -> Event {
     Event::Open {
         options: None,
         max_duration: max,
+        room: None,
     }
 }
 
@@ -882,4 +890,290 @@ fn report_times_follow_the_call() {
         s.outcome(),
         Some(Outcome::Shutdown(ShutdownCause::ReplyPlayedOut))
     );
+}
+
+// ---- Extension: the worker's lease and the sidecar's teardown ----
+
+fn open_in(room: &str) -> Event {
+    Event::Open {
+        options: None,
+        max_duration: None,
+        room: Some(RoomName::new(room)),
+    }
+}
+
+fn teardown_of(s: &Session) -> (TeardownCause, Time, Option<TeardownResult>) {
+    let teardown = s.teardown().expect("a teardown");
+    (
+        teardown.cause,
+        teardown.decided_at,
+        teardown.finished.as_ref().map(|(done, _)| done.result),
+    )
+}
+
+const ID: &str = "call-1";
+
+fn order(s: &Session) -> Option<TeardownOrder> {
+    s.teardown_order(&SessionId::new(ID))
+}
+
+/// An attended session in room "R" whose worker's stream opened at t(0).
+fn attended() -> Session {
+    let mut s = new_session();
+    apply(&mut s, open_in("R"), t(0));
+    s.stream_opened(t(0));
+    s
+}
+
+#[test]
+fn lease_an_attended_session_with_no_stream_loses_its_worker_after_the_window() {
+    let mut s = attended();
+    assert_eq!(
+        s.next_deadline(&TIMING),
+        None,
+        "a held lease has no deadline"
+    );
+    s.stream_closed(t(5_000));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(15_000)));
+    assert!(tick(&mut s, t(14_999)).is_empty());
+    assert!(!s.is_closed());
+    assert!(
+        tick(&mut s, t(15_000)).is_empty(),
+        "nothing for the worker: it is gone"
+    );
+    assert_eq!(s.state(), State::Closed);
+    assert_eq!(s.outcome(), Some(Outcome::WorkerLost));
+    assert_eq!(s.close_reason(), None);
+    assert_eq!(
+        teardown_of(&s),
+        (TeardownCause::WorkerLost, t(15_000), None)
+    );
+    let order = order(&s).expect("the room is to be deleted");
+    assert_eq!(order.room, RoomName::new("R"));
+    assert_eq!(order.cause, TeardownCause::WorkerLost);
+    assert_eq!(s.next_deadline(&TIMING), None);
+}
+
+#[test]
+fn lease_a_reconnect_within_the_window_keeps_the_call() {
+    let mut s = attended();
+    s.stream_closed(t(1_000));
+    s.stream_opened(t(9_000));
+    assert!(tick(&mut s, t(60_000)).is_empty());
+    assert!(!s.is_closed());
+    assert!(s.teardown().is_none());
+}
+
+#[test]
+fn lease_two_streams_during_a_reconnect_count_as_held_until_both_end() {
+    let mut s = attended();
+    s.stream_opened(t(1_000));
+    s.stream_closed(t(2_000));
+    assert_eq!(s.next_deadline(&TIMING), None);
+    s.stream_closed(t(3_000));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(13_000)));
+}
+
+#[test]
+fn lease_any_event_renews_it() {
+    let mut s = attended();
+    s.stream_closed(t(1_000));
+    apply(&mut s, created("A"), t(8_000));
+    apply(&mut s, done("A"), t(16_000));
+    assert!(!s.is_closed());
+    assert_eq!(s.next_deadline(&TIMING), Some(t(26_000)));
+    assert!(tick(&mut s, t(25_999)).is_empty());
+    assert!(!s.is_closed());
+}
+
+#[test]
+fn lease_a_session_never_watched_is_never_torn_down() {
+    let mut s = new_session();
+    apply(&mut s, open_in("R"), t(0));
+    assert_eq!(s.next_deadline(&TIMING), None);
+    assert!(tick(&mut s, t(3_600_000)).is_empty());
+    assert!(!s.is_closed());
+}
+
+#[test]
+fn lease_a_restart_gives_the_worker_a_full_window_from_then() {
+    let mut s = attended();
+    // The sidecar stopped at t(1000) with the stream open, and came back at t(50_000).
+    s.restarted(t(50_000));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(60_000)));
+    s.stream_opened(t(59_000));
+    assert!(tick(&mut s, t(70_000)).is_empty());
+    assert!(!s.is_closed());
+}
+
+#[test]
+fn lease_worker_lost_during_end_call_keeps_the_shutdown_cause() {
+    let mut s = attended();
+    apply(&mut s, end_call("S", pipeline()), t(1_000));
+    assert_eq!(
+        apply(&mut s, done("S"), t(2_000)),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+    s.stream_closed(t(3_000));
+    tick(&mut s, t(13_000));
+    assert!(s.is_closed());
+    assert_eq!(
+        s.outcome(),
+        Some(Outcome::Shutdown(ShutdownCause::ToolTurnDone))
+    );
+    assert_eq!(teardown_of(&s).0, TeardownCause::WorkerLost);
+}
+
+#[test]
+fn lease_worker_lost_before_end_call_finished_is_worker_lost() {
+    let mut s = attended();
+    apply(&mut s, end_call("S", pipeline()), t(1_000));
+    s.stream_closed(t(1_500));
+    assert!(tick(&mut s, t(11_500)).is_empty());
+    assert_eq!(s.outcome(), Some(Outcome::WorkerLost));
+}
+
+#[test]
+fn close_deadline_tears_the_call_down_when_no_close_follows_the_shutdown() {
+    let mut s = attended();
+    apply(&mut s, end_call("S", pipeline()), t(1_000));
+    apply(&mut s, done("S"), t(2_000));
+    // The worker keeps its stream (it is stuck, not gone).
+    assert_eq!(s.next_deadline(&TIMING), Some(t(62_000)));
+    assert!(tick(&mut s, t(61_999)).is_empty());
+    assert!(tick(&mut s, t(62_000)).is_empty());
+    assert!(s.is_closed());
+    assert_eq!(
+        teardown_of(&s),
+        (TeardownCause::CloseDeadline, t(62_000), None)
+    );
+    assert_eq!(
+        s.outcome(),
+        Some(Outcome::Shutdown(ShutdownCause::ToolTurnDone))
+    );
+}
+
+#[test]
+fn close_deadline_applies_to_unattended_sessions_too() {
+    let mut s = new_session();
+    apply(&mut s, open_in("R"), t(0));
+    apply(&mut s, end_call("S", pipeline()), t(1_000));
+    apply(&mut s, done("S"), t(2_000));
+    tick(&mut s, t(62_000));
+    assert_eq!(teardown_of(&s).0, TeardownCause::CloseDeadline);
+}
+
+#[test]
+fn close_deadline_a_close_in_time_means_no_teardown() {
+    let mut s = attended();
+    apply(&mut s, end_call("S", pipeline()), t(1_000));
+    apply(&mut s, done("S"), t(2_000));
+    assert_eq!(
+        apply(&mut s, close(CloseReason::UserInitiated), t(61_999)),
+        [
+            Directive::DeleteRoom,
+            Directive::ShutdownJob {
+                reason: CloseReason::UserInitiated
+            }
+        ]
+    );
+    assert!(tick(&mut s, t(200_000)).is_empty());
+    assert!(s.teardown().is_none());
+    assert_eq!(s.next_deadline(&TIMING), None);
+}
+
+#[test]
+fn teardown_with_delete_room_off_keeps_the_room_and_needs_no_request() {
+    let mut s = new_session();
+    let keep = Options {
+        delete_room: false,
+        ..Options::default()
+    };
+    apply(
+        &mut s,
+        Event::Open {
+            options: Some(Arc::new(keep)),
+            max_duration: None,
+            room: Some(RoomName::new("R")),
+        },
+        t(0),
+    );
+    s.stream_opened(t(0));
+    s.stream_closed(t(0));
+    tick(&mut s, t(10_000));
+    assert_eq!(
+        teardown_of(&s),
+        (
+            TeardownCause::WorkerLost,
+            t(10_000),
+            Some(TeardownResult::RoomKept)
+        )
+    );
+    assert_eq!(order(&s), None);
+    assert!(!s.teardown_pending());
+}
+
+#[test]
+fn teardown_without_a_room_has_nothing_to_hang_up() {
+    let mut s = new_session();
+    s.stream_opened(t(0));
+    s.stream_closed(t(0));
+    tick(&mut s, t(10_000));
+    assert_eq!(teardown_of(&s).2, Some(TeardownResult::NoRoom));
+    assert_eq!(order(&s), None);
+}
+
+#[test]
+fn teardown_takes_one_result_once() {
+    let mut s = attended();
+    s.stream_closed(t(0));
+    tick(&mut s, t(10_000));
+    assert!(s.teardown_pending());
+    let deleted = TeardownDone {
+        result: TeardownResult::RoomDeleted,
+        attempts: 3,
+        error: None,
+    };
+    assert!(s.teardown_finished(deleted.clone(), t(12_000)));
+    assert!(!s.teardown_pending());
+    assert_eq!(order(&s), None);
+    let failed = TeardownDone {
+        result: TeardownResult::Failed,
+        attempts: 1,
+        error: Some("late".into()),
+    };
+    assert!(!s.teardown_finished(failed, t(13_000)), "one result");
+    assert_eq!(
+        s.teardown().and_then(|t| t.finished.clone()),
+        Some((deleted, t(12_000)))
+    );
+}
+
+#[test]
+fn teardown_happens_at_most_once_and_a_late_close_changes_nothing() {
+    let mut s = attended();
+    s.stream_closed(t(0));
+    tick(&mut s, t(10_000));
+    let first = s.teardown().cloned();
+    let step = s
+        .handle(close(CloseReason::Error), t(11_000), &TIMING)
+        .unwrap();
+    assert!(step.duplicate && step.directives.is_empty());
+    s.stream_opened(t(12_000));
+    s.stream_closed(t(12_000));
+    tick(&mut s, t(100_000));
+    assert_eq!(s.teardown().cloned(), first);
+    assert_eq!(
+        s.handle(end_call("S", pipeline()), t(101_000), &TIMING),
+        Err(Rejection::Closed)
+    );
+}
+
+#[test]
+fn room_the_first_one_given_is_kept() {
+    let mut s = new_session();
+    apply(&mut s, open_in("A"), t(0));
+    let step = s.handle(open_in("B"), t(1), &TIMING).unwrap();
+    assert!(step.duplicate);
+    assert_eq!(s.room(), Some(&RoomName::new("A")));
 }

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use super::{Report, ReportEntry, ReportItem};
+use super::{Report, ReportEntry, ReportItem, TeardownReport};
 use crate::domain::{millis, Capabilities, Directive, IssuedDirective, Options, Time};
 
 impl Report {
@@ -31,6 +31,10 @@ impl Report {
         option(o.key("close_reason"), self.close_reason, |out, v| {
             name(out, v.as_str())
         });
+        option(o.key("room"), self.room.as_ref(), |out, v| {
+            string(out, v.as_str())
+        });
+        boolean(o.key("attended"), self.attended);
         options(o.key("options"), &self.options);
         option(o.key("max_duration"), self.max_duration, milliseconds);
         capabilities(o.key("capabilities"), self.capabilities);
@@ -42,8 +46,22 @@ impl Report {
         array(o.key("timeline"), &self.timeline, entry);
         number(o.key("timeline_dropped"), u64::from(self.timeline_dropped));
         array(o.key("directives"), &self.directives, directive);
+        option(o.key("teardown"), self.teardown.as_ref(), teardown);
         o.close();
     }
+}
+
+fn teardown(out: &mut String, teardown: &TeardownReport) {
+    let mut o = Object::open(out);
+    name(o.key("cause"), teardown.cause.as_str());
+    time(o.key("decided_at"), teardown.decided_at);
+    option(o.key("result"), teardown.result, |out, v| {
+        name(out, v.as_str())
+    });
+    number(o.key("attempts"), u64::from(teardown.attempts));
+    option(o.key("finished_at"), teardown.finished_at, time);
+    option(o.key("error"), teardown.error.as_deref(), string);
+    o.close();
 }
 
 fn options(out: &mut String, options: &Options) {
@@ -235,13 +253,15 @@ mod tests {
 
     use super::*;
     use crate::{
-        domain::{CloseReason, Event, SessionId, SpeechId},
+        domain::{CloseReason, Event, RoomName, SessionId, SpeechId, TeardownDone, TeardownResult},
         machine::{Session, Timing},
     };
 
     const TIMING: Timing = Timing {
         playout_guard: Duration::from_secs(30),
         wind_up_grace: Duration::from_secs(10),
+        worker_lost_after: Duration::from_secs(10),
+        close_deadline: Duration::from_secs(60),
     };
 
     fn written(report: &Report) -> String {
@@ -269,13 +289,16 @@ mod tests {
     /// One step of a session's life, with strings a worker could send.
     #[derive(Clone, Debug)]
     enum Step {
-        Open(Option<u64>),
+        Open(Option<u64>, Option<String>),
         EndCall(String, Option<bool>),
         Created(String),
         Done(String, bool),
         Close(CloseReason),
         Wait(u64),
         Expire,
+        StreamOpened,
+        StreamClosed,
+        TeardownFinished(bool, Option<String>),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -286,7 +309,11 @@ mod tests {
             any::<String>()
         ];
         prop_oneof![
-            proptest::option::of(1u64..100_000).prop_map(Step::Open),
+            (
+                proptest::option::of(1u64..100_000),
+                proptest::option::of(any::<String>())
+            )
+                .prop_map(|(max, room)| Step::Open(max, room)),
             (speech.clone(), proptest::option::of(any::<bool>()))
                 .prop_map(|(s, r)| Step::EndCall(s, r)),
             speech.clone().prop_map(Step::Created),
@@ -294,6 +321,10 @@ mod tests {
             proptest::sample::select(CloseReason::ALL.to_vec()).prop_map(Step::Close),
             (0u64..40_000).prop_map(Step::Wait),
             Just(Step::Expire),
+            Just(Step::StreamOpened),
+            Just(Step::StreamClosed),
+            (any::<bool>(), proptest::option::of(any::<String>()))
+                .prop_map(|(ok, error)| Step::TeardownFinished(ok, error)),
         ]
     }
 
@@ -311,9 +342,32 @@ mod tests {
                     session.expire(now);
                     continue;
                 }
-                Step::Open(max_ms) => Event::Open {
+                Step::StreamOpened => {
+                    session.stream_opened(now);
+                    continue;
+                }
+                Step::StreamClosed => {
+                    session.stream_closed(now);
+                    continue;
+                }
+                Step::TeardownFinished(ok, error) => {
+                    let result = if *ok {
+                        TeardownResult::RoomDeleted
+                    } else {
+                        TeardownResult::Failed
+                    };
+                    let done = TeardownDone {
+                        result,
+                        attempts: 2,
+                        error: error.clone(),
+                    };
+                    session.teardown_finished(done, now);
+                    continue;
+                }
+                Step::Open(max_ms, room) => Event::Open {
                     options: None,
                     max_duration: max_ms.map(Duration::from_millis),
+                    room: room.as_deref().map(RoomName::new),
                 },
                 Step::EndCall(speech, realtime) => Event::EndCall {
                     speech: SpeechId::new(speech),
@@ -370,7 +424,7 @@ mod tests {
     #[test]
     fn every_kind_of_ending_is_written_as_serde_writes_it() {
         let realtime = Some(true);
-        let lives: [&[Step]; 7] = [
+        let lives: [&[Step]; 10] = [
             &[
                 Step::EndCall("S1".into(), None),
                 Step::Done("S1".into(), false),
@@ -386,11 +440,29 @@ mod tests {
             &[Step::EndCall("S1".into(), None), Step::Wait(31_000)],
             &[Step::Close(CloseReason::ParticipantDisconnected)],
             &[
-                Step::Open(Some(60_000)),
+                Step::Open(Some(60_000), None),
                 Step::Wait(30_000),
                 Step::Wait(31_000),
             ],
             &[Step::EndCall("S1".into(), None), Step::Expire],
+            &[
+                Step::Open(None, Some("room \"1\"".into())),
+                Step::StreamOpened,
+                Step::StreamClosed,
+                Step::Wait(10_000),
+            ],
+            &[
+                Step::Open(None, Some("room-2".into())),
+                Step::StreamOpened,
+                Step::StreamClosed,
+                Step::Wait(10_000),
+                Step::TeardownFinished(false, Some("503 \"unavailable\"".into())),
+            ],
+            &[
+                Step::EndCall("S1".into(), None),
+                Step::Done("S1".into(), false),
+                Step::Wait(60_000),
+            ],
         ];
         for steps in lives {
             let report = Report::of(

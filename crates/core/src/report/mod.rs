@@ -15,7 +15,8 @@ use serde::{ser::SerializeMap as _, Serialize, Serializer};
 use crate::domain::duration_ms;
 use crate::{
     domain::{
-        Capabilities, CloseReason, IssuedDirective, Options, Outcome, SessionId, State, Time,
+        Capabilities, CloseReason, IssuedDirective, Options, Outcome, RoomName, SessionId, State,
+        TeardownCause, TeardownResult, Time,
     },
     machine::{EventRecord, Session, TimelineItem},
 };
@@ -28,6 +29,9 @@ pub struct Report {
     #[cfg_attr(any(test, feature = "serde"), serde(serialize_with = "outcome_str"))]
     pub outcome: Option<Outcome>,
     pub close_reason: Option<CloseReason>,
+    pub room: Option<RoomName>,
+    /// Whether the worker ever held a watch stream (its lease).
+    pub attended: bool,
     /// The worker's error text: may hold user data, so it is returned but never logged.
     #[cfg_attr(any(test, feature = "serde"), serde(skip))]
     pub close_error: Option<String>,
@@ -45,6 +49,22 @@ pub struct Report {
     pub timeline: Vec<ReportEntry>,
     pub timeline_dropped: u32,
     pub directives: Vec<IssuedDirective>,
+    /// Set when the sidecar tore the call down itself.
+    pub teardown: Option<TeardownReport>,
+}
+
+/// The sidecar's teardown of a call, as the report shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+pub struct TeardownReport {
+    pub cause: TeardownCause,
+    pub decided_at: Time,
+    /// `None` while LiveKit is being asked.
+    pub result: Option<TeardownResult>,
+    pub attempts: u32,
+    pub finished_at: Option<Time>,
+    /// Why it failed (LiveKit's answer or the transport's error; no user data).
+    pub error: Option<String>,
 }
 
 /// Written as `{"at":..,"event":..}` or `{"at":..,"directive":..}`.
@@ -114,6 +134,8 @@ impl Report {
             end_call_at: session.end_call_at(),
             shutdown_at: session.shutdown_at(),
             closed_at: session.closed_at(),
+            room: session.room().cloned(),
+            attended: session.attended(),
             goodbye,
             timeline: session
                 .timeline()
@@ -130,6 +152,17 @@ impl Report {
                 .collect(),
             timeline_dropped: session.timeline_dropped(),
             directives: session.directives().to_vec(),
+            teardown: session.teardown().map(|t| {
+                let finished = t.finished.as_ref();
+                TeardownReport {
+                    cause: t.cause,
+                    decided_at: t.decided_at,
+                    result: finished.map(|(done, _)| done.result),
+                    attempts: finished.map_or(0, |(done, _)| done.attempts),
+                    finished_at: finished.map(|(_, at)| *at),
+                    error: finished.and_then(|(done, _)| done.error.clone()),
+                }
+            }),
         }
     }
 }
@@ -150,6 +183,7 @@ impl fmt::Display for Described {
             } => write!(f, "speech_done speech={speech} interrupted")?,
             EventRecord::Close { reason } => write!(f, "session_close reason={}", reason.as_str())?,
             EventRecord::Expired => f.write_str("expired")?,
+            EventRecord::TornDown { cause } => write!(f, "torn_down cause={}", cause.as_str())?,
         }
         if self.duplicate {
             f.write_str(" (duplicate)")?;
@@ -188,6 +222,8 @@ mod tests {
         let timing = Timing {
             playout_guard: Duration::from_secs(30),
             wind_up_grace: Duration::from_secs(10),
+            worker_lost_after: Duration::from_secs(10),
+            close_deadline: Duration::from_secs(60),
         };
         let mut session = Session::new(Arc::new(Options::default()), Time::from_micros(0));
         let end_call = || Event::EndCall {

@@ -15,7 +15,7 @@ use prost::Message as _;
 use tonic::{Code, Request, Status};
 
 use super::{
-    input::{Rpc, SESSIONS, SPEECHES},
+    input::{Rpc, DROP_STREAM, SESSIONS, SPEECHES},
     invariants::{check_report, check_status},
     Summary, MAX_SESSIONS,
 };
@@ -29,6 +29,8 @@ const PLAYOUT_GUARD: Duration = Duration::from_secs(3);
 const WIND_UP_GRACE: Duration = Duration::from_secs(2);
 const CLOSED_RETENTION: Duration = Duration::from_secs(10);
 const IDLE_EXPIRY: Duration = Duration::from_secs(60);
+const WORKER_LOST_AFTER: Duration = Duration::from_secs(2);
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
 
 struct Watcher {
     id: String,
@@ -41,6 +43,8 @@ struct Watcher {
 struct Known {
     closed: bool,
     directives: Vec<pb::Directive>,
+    /// The sidecar's teardown, once a report showed one: it never changes but for its result.
+    teardown: Option<pb::Teardown>,
 }
 
 /// The replies of the three event RPCs: each RPC has its own message, with the same fields.
@@ -79,6 +83,8 @@ impl Harness {
             format!("--wind-up-grace={}ms", WIND_UP_GRACE.as_millis()),
             format!("--closed-retention={}ms", CLOSED_RETENTION.as_millis()),
             format!("--idle-expiry={}ms", IDLE_EXPIRY.as_millis()),
+            format!("--worker-lost-after={}ms", WORKER_LOST_AFTER.as_millis()),
+            format!("--close-deadline={}ms", CLOSE_DEADLINE.as_millis()),
             format!("--max-sessions={MAX_SESSIONS}"),
             "--wind-up-instructions=wrap the call up".to_owned(),
         ];
@@ -213,6 +219,16 @@ impl Harness {
                     .await;
                 id
             }
+            Rpc::WatchSession if ids & DROP_STREAM != 0 => {
+                let mut id = String::new();
+                session(&mut id);
+                // Dropping the stream is what its client going away does to the server.
+                if let Some(i) = self.watchers.iter().position(|w| w.id == id) {
+                    self.watchers.remove(i);
+                    self.summary.streams_dropped += 1;
+                }
+                id
+            }
             Rpc::WatchSession => {
                 let mut req = pb::WatchSessionRequest::decode(message).ok()?;
                 session(&mut req.session_id);
@@ -225,6 +241,7 @@ impl Harness {
                         self.known.entry(id.clone()).or_insert(Known {
                             closed: false,
                             directives: Vec::new(),
+                            teardown: None,
                         });
                         if self.watchers.len() == MAX_WATCHERS {
                             self.watchers.pop_front();
@@ -343,6 +360,7 @@ impl Harness {
         self.known.entry(id.to_owned()).or_insert(Known {
             closed: false,
             directives: Vec::new(),
+            teardown: None,
         });
     }
 
@@ -404,6 +422,9 @@ impl Harness {
             return;
         };
         let closed = report.state == pb::SessionState::Closed as i32;
+        if let Some(teardown) = &report.teardown {
+            self.summary.teardowns.insert(teardown.cause);
+        }
         for d in &report.directives {
             self.summary.directives.insert(d.kind);
             if d.kind == pb::DirectiveKind::ShutdownSession as i32 {
@@ -413,6 +434,7 @@ impl Harness {
         let known = self.known.entry(id.to_owned()).or_insert(Known {
             closed,
             directives: Vec::new(),
+            teardown: None,
         });
         assert!(
             report.directives.starts_with(&known.directives),
@@ -426,6 +448,17 @@ impl Harness {
         );
         known.closed = closed;
         known.directives = report.directives;
+        if let Some(seen) = &known.teardown {
+            let same = |t: &pb::Teardown| (t.cause, t.decided_at);
+            assert_eq!(
+                Some(same(seen)),
+                report.teardown.as_ref().map(same),
+                "{id:?}: at most one teardown, and it stays"
+            );
+        }
+        if report.teardown.is_some() {
+            known.teardown = report.teardown;
+        }
     }
 
     /// The live-session count is the number of known sessions that are not closed.
@@ -487,6 +520,9 @@ impl Harness {
     /// Lets every session run out: idle ones expire, closed ones are dropped after their
     /// retention, and every watch stream ends. Memory is bounded only if this holds.
     pub(super) async fn finish(&mut self) {
+        // An open stream is its worker's lease, which keeps the session: the clients go away
+        // first, as they do in the end.
+        self.watchers.clear();
         for _ in 0..4 {
             self.advance(IDLE_EXPIRY + CLOSED_RETENTION).await;
         }

@@ -34,6 +34,8 @@ impl Rpc {
 }
 
 pub(super) const ADVANCE: u8 = 8;
+/// `ids` bit 6 on a WatchSession step: drop a stream instead of opening one.
+pub(super) const DROP_STREAM: u8 = 1 << 6;
 pub(super) const KINDS: u8 = 9;
 
 /// A step, for building inputs (seeds, structured tests) that [`run`] reads back.
@@ -51,6 +53,17 @@ impl Step {
             rpc,
             ids: session | (speech << 3) | (1 << 5),
             message: message.encode_to_vec(),
+        }
+    }
+
+    /// The client of `SESSIONS[session]`'s oldest open watch stream goes away (the worker's
+    /// lease lapses once none is left).
+    pub fn drop_stream(session: u8) -> Self {
+        assert!(usize::from(session) < SESSIONS.len());
+        Step::Rpc {
+            rpc: Rpc::WatchSession,
+            ids: session | DROP_STREAM,
+            message: Vec::new(),
         }
     }
 

@@ -17,6 +17,7 @@ const FIELDS: &[&str] = &[
     "options.extra_description",
     "options.reply_timeout",
     "max_duration",
+    "room",
     "reason",
     "error_message",
     "extra_description",
@@ -138,6 +139,7 @@ pub(super) fn check_report(id: &str, report: &pb::SessionReport) {
             "{id:?}: WIND_UP without max_duration"
         );
     }
+    check_teardown(id, report);
     let ending = report.end_call_at.is_some() || position(K::ShutdownSession).is_some();
     if closed && ending && report.close_reason != 0 {
         assert!(
@@ -145,4 +147,55 @@ pub(super) fn check_report(id: &str, report: &pb::SessionReport) {
             "{id:?}: closed after end_call without SHUTDOWN_JOB: {kinds:?}"
         );
     }
+}
+
+/// The sidecar's own teardown: only of a session its worker did not close, only for a worker
+/// it had (worker lost) or a shutdown that no close followed (close deadline), and a room is
+/// asked of LiveKit only with `delete_room` on and a room named.
+fn check_teardown(id: &str, report: &pb::SessionReport) {
+    use pb::{TeardownCause as C, TeardownResult as R};
+    let worker_lost = report.outcome == pb::Outcome::WorkerLost as i32;
+    let Some(teardown) = &report.teardown else {
+        assert!(!worker_lost, "{id:?}: WORKER_LOST without a teardown");
+        return;
+    };
+    let closed = report.state == pb::SessionState::Closed as i32;
+    assert!(closed, "{id:?}: torn down but not closed");
+    assert_eq!(
+        report.close_reason, 0,
+        "{id:?}: torn down, yet its worker closed it"
+    );
+    assert_eq!(
+        teardown.decided_at, report.closed_at,
+        "{id:?}: teardown time"
+    );
+    let cause = C::try_from(teardown.cause).unwrap_or(C::Unspecified);
+    match cause {
+        C::WorkerLost => assert!(report.attended, "{id:?}: worker lost, never attended"),
+        C::CloseDeadline => assert!(
+            report.shutdown_at.is_some(),
+            "{id:?}: close deadline without SHUTDOWN_SESSION"
+        ),
+        C::Unspecified => panic!("{id:?}: a teardown without a cause"),
+    }
+    assert_eq!(
+        worker_lost,
+        cause == C::WorkerLost && report.shutdown_at.is_none(),
+        "{id:?}: outcome vs teardown"
+    );
+    let delete_room = report.options.as_ref().is_some_and(|o| o.delete_room);
+    let result = R::try_from(teardown.result).unwrap_or(R::Unspecified);
+    let expected = match (delete_room, report.room.is_empty()) {
+        (false, _) => R::RoomKept,
+        (true, true) => R::NoRoom,
+        // The in-process service has no LiveKit to ask.
+        (true, false) => R::NotConfigured,
+    };
+    // The in-process worker answers at once, but a report may come first: then it is pending.
+    let pending = expected == R::NotConfigured && result == R::Unspecified;
+    assert!(
+        result == expected || pending,
+        "{id:?}: teardown result {result:?}"
+    );
+    assert_eq!(teardown.attempts, 0, "{id:?}: no request was made");
 }

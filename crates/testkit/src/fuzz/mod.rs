@@ -18,7 +18,8 @@
 //! - `ids` bits 0-2: the session id; 0-5 replace it with one of [`SESSIONS`] (so sequences meet
 //!   on a few sessions and reach deep states), 6-7 keep the decoded one (any bytes).
 //!   Bits 3-4: the speech id; 0-2 replace it with one of [`SPEECHES`], 3 keeps it.
-//!   Bit 5: fold the close reason onto a valid one.
+//!   Bit 5: fold the close reason onto a valid one. Bit 6, on WatchSession: instead of opening
+//!   a stream, drop the session's oldest open one (its client went away), and skip the message.
 
 mod harness;
 mod input;
@@ -57,6 +58,10 @@ pub struct Summary {
     pub causes: BTreeSet<i32>,
     /// Directives received on watch streams.
     pub watched: usize,
+    /// Watch streams whose client went away (a `drop_stream` step that found one).
+    pub streams_dropped: usize,
+    /// `pb::TeardownCause` values of the sidecar's teardowns seen in reports.
+    pub teardowns: BTreeSet<i32>,
 }
 
 /// Runs one input; panics when an invariant does not hold.
