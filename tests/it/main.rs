@@ -12,4 +12,5 @@ mod lifecycle;
 mod limits;
 mod process;
 mod security;
+mod teardown;
 mod unix_socket;
