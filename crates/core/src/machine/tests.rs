@@ -892,7 +892,7 @@ fn report_times_follow_the_call() {
     );
 }
 
-// ---- Extension: the worker's lease and the sidecar's teardown ----
+// ---- Extension: the worker's lease and the sidecar's teardown (rules L, D and T) ----
 
 fn open_in(room: &str) -> Event {
     Event::Open {
@@ -925,6 +925,7 @@ fn attended() -> Session {
     s
 }
 
+/// L1, L2.
 #[test]
 fn lease_an_attended_session_with_no_stream_loses_its_worker_after_the_window() {
     let mut s = attended();
@@ -954,6 +955,7 @@ fn lease_an_attended_session_with_no_stream_loses_its_worker_after_the_window() 
     assert_eq!(s.next_deadline(&TIMING), None);
 }
 
+/// L1.
 #[test]
 fn lease_a_reconnect_within_the_window_keeps_the_call() {
     let mut s = attended();
@@ -964,6 +966,7 @@ fn lease_a_reconnect_within_the_window_keeps_the_call() {
     assert!(s.teardown().is_none());
 }
 
+/// L1.
 #[test]
 fn lease_two_streams_during_a_reconnect_count_as_held_until_both_end() {
     let mut s = attended();
@@ -974,6 +977,7 @@ fn lease_two_streams_during_a_reconnect_count_as_held_until_both_end() {
     assert_eq!(s.next_deadline(&TIMING), Some(t(13_000)));
 }
 
+/// L1, L5.
 #[test]
 fn lease_any_event_renews_it() {
     let mut s = attended();
@@ -986,6 +990,7 @@ fn lease_any_event_renews_it() {
     assert!(!s.is_closed());
 }
 
+/// L3.
 #[test]
 fn lease_a_session_never_watched_is_never_torn_down() {
     let mut s = new_session();
@@ -995,6 +1000,7 @@ fn lease_a_session_never_watched_is_never_torn_down() {
     assert!(!s.is_closed());
 }
 
+/// L4.
 #[test]
 fn lease_a_restart_gives_the_worker_a_full_window_from_then() {
     let mut s = attended();
@@ -1006,6 +1012,7 @@ fn lease_a_restart_gives_the_worker_a_full_window_from_then() {
     assert!(!s.is_closed());
 }
 
+/// L2.
 #[test]
 fn lease_worker_lost_during_end_call_keeps_the_shutdown_cause() {
     let mut s = attended();
@@ -1024,6 +1031,7 @@ fn lease_worker_lost_during_end_call_keeps_the_shutdown_cause() {
     assert_eq!(teardown_of(&s).0, TeardownCause::WorkerLost);
 }
 
+/// L2.
 #[test]
 fn lease_worker_lost_before_end_call_finished_is_worker_lost() {
     let mut s = attended();
@@ -1033,6 +1041,7 @@ fn lease_worker_lost_before_end_call_finished_is_worker_lost() {
     assert_eq!(s.outcome(), Some(Outcome::WorkerLost));
 }
 
+/// D1.
 #[test]
 fn close_deadline_tears_the_call_down_when_no_close_follows_the_shutdown() {
     let mut s = attended();
@@ -1053,6 +1062,7 @@ fn close_deadline_tears_the_call_down_when_no_close_follows_the_shutdown() {
     );
 }
 
+/// D1.
 #[test]
 fn close_deadline_applies_to_unattended_sessions_too() {
     let mut s = new_session();
@@ -1063,6 +1073,7 @@ fn close_deadline_applies_to_unattended_sessions_too() {
     assert_eq!(teardown_of(&s).0, TeardownCause::CloseDeadline);
 }
 
+/// D1, T1.
 #[test]
 fn close_deadline_a_close_in_time_means_no_teardown() {
     let mut s = attended();
@@ -1082,6 +1093,7 @@ fn close_deadline_a_close_in_time_means_no_teardown() {
     assert_eq!(s.next_deadline(&TIMING), None);
 }
 
+/// T1 (the table's first row).
 #[test]
 fn teardown_with_delete_room_off_keeps_the_room_and_needs_no_request() {
     let mut s = new_session();
@@ -1113,6 +1125,7 @@ fn teardown_with_delete_room_off_keeps_the_room_and_needs_no_request() {
     assert!(!s.teardown_pending());
 }
 
+/// T1 (the table's second row).
 #[test]
 fn teardown_without_a_room_has_nothing_to_hang_up() {
     let mut s = new_session();
@@ -1123,6 +1136,7 @@ fn teardown_without_a_room_has_nothing_to_hang_up() {
     assert_eq!(order(&s), None);
 }
 
+/// T1, T3.
 #[test]
 fn teardown_takes_one_result_once() {
     let mut s = attended();
@@ -1149,6 +1163,7 @@ fn teardown_takes_one_result_once() {
     );
 }
 
+/// T1, D1.
 #[test]
 fn teardown_happens_at_most_once_and_a_late_close_changes_nothing() {
     let mut s = attended();
@@ -1169,6 +1184,7 @@ fn teardown_happens_at_most_once_and_a_late_close_changes_nothing() {
     );
 }
 
+/// the room.
 #[test]
 fn room_the_first_one_given_is_kept() {
     let mut s = new_session();
