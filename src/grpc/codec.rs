@@ -4,8 +4,9 @@
 //! tonic allocates a codec buffer up front for every request it decodes and every response it
 //! encodes, 8 KiB unless told otherwise, and an open `WatchSession` stream keeps its response
 //! buffer for as long as it is open. This service's messages are a few hundred bytes: an
-//! `EndCallRequest` with 128-byte ids and 200 bytes of instructions, and a reply carrying four
-//! directives, fit in `BUFFER` (the test below checks it). A larger message (up to
+//! `EndCallRequest` with 128-byte ids and 200 bytes of instructions, and a reply carrying the
+//! four directives that come at most once each, fit in `BUFFER` (the test below checks it); a
+//! reply or a stream message with a `REMIND`'s instructions (up to 1,024 bytes) may not. A larger message (up to
 //! `--max-request-bytes`) still works: the buffer grows to fit it.
 //!
 //! The generated server and client both use it (`build.rs` names it): one codec for the
@@ -191,10 +192,11 @@ mod tests {
             reason: "user_initiated".into(),
             ..Default::default()
         };
-        // Every directive a session can issue, in one reply.
+        // The four directives that come at most once each, in one reply (one that also
+        // carries reminders' instructions is larger: its buffer grows).
         let reply = pb::EndCallResponse {
             tool_output: Some(instructions),
-            directives: vec![directive; endcall_core::domain::MAX_DIRECTIVES_PER_SESSION],
+            directives: vec![directive; 4],
             ..Default::default()
         };
         assert!(
