@@ -12,5 +12,6 @@ mod lifecycle;
 mod limits;
 mod process;
 mod security;
+mod silence;
 mod teardown;
 mod unix_socket;
