@@ -205,4 +205,29 @@ mod tests {
             reply.encoded_len()
         );
     }
+
+    /// A watcher that stops reading holds at most what its session can issue, which must fit
+    /// in the smallest HTTP/2 window (65,535 bytes), or the stream could not end: every
+    /// directive at its longest (128-byte session id, 1,024 bytes of instructions), each with
+    /// its gRPC framing and an HTTP/2 frame header of its own.
+    #[test]
+    fn every_directive_a_session_can_issue_fits_in_one_http2_window() {
+        use endcall_core::domain::{MAX_DIRECTIVES_PER_SESSION, MAX_INSTRUCTIONS_BYTES};
+        const HTTP2_FRAME_HEADER: usize = 9;
+        let directive = pb::Directive {
+            seq: u64::MAX,
+            kind: pb::DirectiveKind::Remind as i32,
+            cause: pb::ShutdownCause::SilenceTimeout as i32,
+            reason: "participant_disconnected".into(),
+            instructions: text(MAX_INSTRUCTIONS_BYTES),
+            issued_at: Some(prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 999_999_999,
+            }),
+            session_id: text(endcall_core::domain::MAX_ID_BYTES),
+        };
+        let each = HTTP2_FRAME_HEADER + FRAME + directive.encoded_len();
+        let all = each * MAX_DIRECTIVES_PER_SESSION;
+        assert!(all < 65_535, "{all} bytes");
+    }
 }

@@ -393,9 +393,10 @@ pub const MAX_REMINDS_PER_SESSION: usize = 32;
 
 /// The most directives one session can issue: `SHUTDOWN_SESSION`, `WIND_UP`, `DELETE_ROOM` and
 /// `SHUTDOWN_JOB` at most once each, and [`MAX_REMINDS_PER_SESSION`] `REMIND`s. A watch stream
-/// therefore never carries more: at most 32 × (1,024 bytes of instructions and about 100 of
-/// framing) plus four small ones, about 36 KB, less than the smallest HTTP/2 window (65,535
-/// bytes), so a client that stops reading cannot keep a stream from ending.
+/// therefore never carries more: 44,316 bytes even if all 36 were as long as a `REMIND` can be
+/// (1,024 bytes of instructions, a 128-byte session id, the gRPC and HTTP/2 framing; a test of
+/// the codec checks it), less than the smallest HTTP/2 window (65,535 bytes), so a client
+/// that stops reading cannot keep a stream from ending.
 pub const MAX_DIRECTIVES_PER_SESSION: usize = 4 + MAX_REMINDS_PER_SESSION;
 
 /// A directive as issued: numbered and timed.
