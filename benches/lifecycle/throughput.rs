@@ -1,7 +1,7 @@
-//! `throughput`: N agents run whole sessions (EndCall, OnSpeechDone, OnSessionClose) as fast
-//! as they can, and health checks (the ceiling) for as long, taking turns in slices on one
-//! server; the rates, their ratio and each side's CPU per RPC. The `unix`, `quiet` and
-//! `durable` sections run it against other servers.
+//! `throughput`: N agents run whole sessions (OnUserSpeech, EndCall, OnSpeechDone,
+//! OnSessionClose) as fast as they can, and health checks (the ceiling) for as long, taking
+//! turns in slices on one server; the rates, their ratio and each side's CPU per RPC. The
+//! `unix`, `quiet` and `durable` sections run it against other servers.
 
 use std::time::Instant;
 
@@ -77,7 +77,7 @@ pub(crate) async fn run(
     }
     report.row(
         label,
-        "lifecycle sessions/s (EndCall+Done+Close)",
+        "lifecycle sessions/s (UserSpeech+EndCall+Done+Close)",
         format!("{:.0}", lifecycle.session_rate()),
     );
     report.row(
