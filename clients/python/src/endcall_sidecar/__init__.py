@@ -24,6 +24,7 @@ from .types import (
     Directive,
     DirectiveKind,
     EndCallResult,
+    EndedReason,
     EventResult,
     ModelCapabilities,
     OpenSessionResult,
@@ -33,6 +34,7 @@ from .types import (
     SessionReport,
     SessionState,
     ShutdownCause,
+    TimeLimitWarning,
     ToolDefinition,
     Unset,
 )
@@ -59,6 +61,7 @@ __all__ = [
     "Directive",
     "DirectiveKind",
     "EndCallResult",
+    "EndedReason",
     "EventResult",
     "ModelCapabilities",
     "OpenSessionResult",
@@ -68,6 +71,7 @@ __all__ = [
     "SessionReport",
     "SessionState",
     "ShutdownCause",
+    "TimeLimitWarning",
     "ToolDefinition",
     "SidecarEndCallTool",
 ]

@@ -27,6 +27,7 @@ from .types import (
     SessionOptions,
     SessionReport,
     SessionState,
+    TimeLimitWarning,
     ToolDefinition,
 )
 
@@ -125,13 +126,18 @@ class EndCallClient:
         options: SessionOptions | None = None,
         *,
         max_duration: float | None = None,
+        max_duration_warnings: "list[TimeLimitWarning] | tuple[TimeLimitWarning, ...]" = (),
         timeout: float | None = None,
     ) -> OpenSessionResult:
+        """``max_duration_warnings`` (with ``max_duration``): reminders before the limit, each
+        issued once as a REMIND directive at its time."""
         req = pb.OpenSessionRequest(session_id=session_id)
         if options is not None:
             req.options.CopyFrom(options.to_proto())
         if max_duration is not None:
             req.max_duration.FromTimedelta(_dt.timedelta(seconds=max_duration))
+        for warning in max_duration_warnings:
+            req.max_duration_warnings.append(warning.to_proto())
         r = await self._unary("OpenSession", req, timeout)
         return OpenSessionResult(SessionState(r.state), ResolvedOptions.from_proto(r.options))
 
@@ -175,6 +181,13 @@ class EndCallClient:
         if tool_output_given is not None:
             req.tool_output_given = tool_output_given
         return EventResult.from_proto(await self._unary("OnSpeechDone", req, timeout))
+
+    async def on_user_speech(
+        self, session_id: str, *, timeout: float | None = None
+    ) -> EventResult:
+        """The user spoke (a final transcript with words): the session's silence starts again."""
+        req = pb.OnUserSpeechRequest(session_id=session_id)
+        return EventResult.from_proto(await self._unary("OnUserSpeech", req, timeout))
 
     async def on_session_close(
         self,

@@ -1,8 +1,8 @@
 """``SidecarEndCallTool``: a drop-in replacement for LiveKit Agents' ``EndCallTool``.
 
 The tool reports what happens to the agent session to the sidecar (the tool call, the speeches
-created after it, the speeches done, the session close) and carries out the directives it gets
-back, each exactly once. If the sidecar cannot be reached it logs an error and ends the call
+created after it, the speeches done, the session close, and once attached the user's final
+transcripts) and carries out the directives it gets back, each exactly once. If the sidecar cannot be reached it logs an error and ends the call
 in-process the way LiveKit's own tool does, so no call is left hanging.
 """
 
@@ -20,7 +20,12 @@ from typing import Any
 from livekit.agents import llm
 from livekit.agents.job import get_job_context
 from livekit.agents.llm import RealtimeModel, ToolFlag, Toolset, function_tool
-from livekit.agents.voice.events import CloseEvent, RunContext, SpeechCreatedEvent
+from livekit.agents.voice.events import (
+    CloseEvent,
+    RunContext,
+    SpeechCreatedEvent,
+    UserInputTranscribedEvent,
+)
 
 from .client import DEFAULT_ADDRESS, EndCallClient
 from .engine import LocalDirective, LocalEngine
@@ -32,6 +37,7 @@ from .types import (
     DirectiveKind,
     ModelCapabilities,
     SessionOptions,
+    TimeLimitWarning,
     Unset,
 )
 
@@ -100,6 +106,8 @@ class _Binding:
         session.on("close", self._on_close)
         self._watcher_started = False
         self._watch_task: asyncio.Task | None = None
+        self._listening = False  # to the user's transcripts (once attached)
+        self.warnings: tuple[TimeLimitWarning, ...] = ()  # sent with the OpenSession
         self._sender = asyncio.create_task(self._send_loop(), name=f"endcall-send-{session_id}")
         self._sender.add_done_callback(lambda _: self._maybe_finish())
 
@@ -129,12 +137,26 @@ class _Binding:
                 given = ts.final_given
         self._enqueue("done", (handle.id, bool(handle.interrupted), caps, given))
 
+    def listen_to_user(self) -> None:
+        """Report the user's speech from now on: each final transcript with words (never mere
+        voice activity, so noise cannot keep a call alive) starts the sidecar's silence again."""
+        if not self._listening and not self.closed:
+            self._listening = True
+            self.session.on("user_input_transcribed", self._on_user_input_transcribed)
+
+    def _on_user_input_transcribed(self, ev: UserInputTranscribedEvent) -> None:
+        if self.closed or not ev.is_final or not ev.transcript.strip():
+            return
+        self._enqueue("user_speech", ())
+
     def _on_close(self, ev: CloseEvent) -> None:
         if self.closed:
             return
         self.closed = True
         self.session.off("speech_created", self._on_speech_created)
         self.session.off("close", self._on_close)
+        if self._listening:
+            self.session.off("user_input_transcribed", self._on_user_input_transcribed)
         err = str(ev.error) if getattr(ev, "error", None) is not None else None
         self._enqueue("close", (ev.reason, err))
 
@@ -152,8 +174,9 @@ class _Binding:
             self._watch_task.add_done_callback(lambda _: self._maybe_finish())
 
     def submit_open(self, max_duration: float | None) -> None:
-        if max_duration is not None:
-            self._start_watcher()  # WIND_UP comes from a timer, on the stream only
+        # Directives from the sidecar's timers (WIND_UP, REMIND, and their SHUTDOWN_SESSION)
+        # come on the stream only; the silence ladder may be on by the sidecar's own default.
+        self._start_watcher()
         self._enqueue("open", (max_duration,))
 
     def submit_end_call(self, speech_id: str, caps: ModelCapabilities) -> asyncio.Future:
@@ -198,7 +221,12 @@ class _Binding:
             (max_duration,) = args
             if not self.fallback:
                 try:
-                    await client.open_session(sid, self.tool._options, max_duration=max_duration)
+                    await client.open_session(
+                        sid,
+                        self.tool._options,
+                        max_duration=max_duration,
+                        max_duration_warnings=self.warnings,
+                    )
                 except SidecarError as e:
                     self._go_fallback(e, "OpenSession")
             return
@@ -231,6 +259,8 @@ class _Binding:
             )
             assert fut is not None
             fut.set_result(output)
+        elif kind == "user_speech":
+            await self._rpc("OnUserSpeech", client.on_user_speech(sid))
         elif kind == "created":
             (speech_id,) = args
             self.engine.speech_created(speech_id)
@@ -300,6 +330,10 @@ class _Binding:
         while self._next_seq in self._buffer:
             d = self._buffer.pop(self._next_seq)
             self._next_seq += 1
+            if d.kind == DirectiveKind.REMIND and self._tool_speeches:
+                # Issued before the end_call, carried out after it: the agent is saying goodbye.
+                logger.info("endcall-sidecar: reminder %d dropped: the call is ending", d.seq)
+                continue
             self._execute(d.kind, reason=d.reason, instructions=d.instructions, seq=d.seq)
 
     def _on_local_directive(self, d: LocalDirective) -> None:
@@ -360,7 +394,11 @@ class _Binding:
                     return
                 self.actions.append(("job.shutdown", reason))
                 job_ctx.shutdown(reason=reason)
-            elif kind == DirectiveKind.WIND_UP:
+            elif kind in (DirectiveKind.WIND_UP, DirectiveKind.REMIND):
+                # WIND_UP asks for a goodbye; REMIND for a silence reminder or a time-limit
+                # warning. Either is a reply with the sidecar's instructions.
+                if self.closed:
+                    return
                 self.actions.append(("session.generate_reply", instructions))
                 self.session.generate_reply(instructions=instructions)
             else:
@@ -415,6 +453,16 @@ class SidecarEndCallTool(Toolset):
         on_tool_completed: awaited before the tool returns; may change ``ev.output``.
         reply_timeout: (realtime models) seconds to wait for the tool reply to be created.
         early_reply_capture: sidecar extension, see the README.
+        silence_timeout: sidecar extension (the silence ladder), for attached sessions:
+            seconds of the user's silence after which the agent is asked to say goodbye, and the
+            session is ended after the sidecar's grace period; ``None`` or 0 turns it off.
+            Silence counts from the user's last final transcript and pauses while the agent
+            speaks. Unset: the sidecar's default (off unless its ``--silence-timeout``).
+        silence_reminder_after: seconds of silence before each reminder (reminder i at i times
+            this). Unset: the sidecar's default (10 s).
+        silence_reminders: reminders per silence. Unset: the sidecar's default (1).
+        silence_reminder_instructions: the instructions of the reply each reminder asks for.
+            Unset: the sidecar's default.
         session_id: the sidecar session id: a string, or a function of the AgentSession.
             Default: the job id plus a random suffix.
         rpc_timeout: seconds each call to the sidecar may take before it counts as down.
@@ -433,6 +481,10 @@ class SidecarEndCallTool(Toolset):
         on_tool_completed: Callable[[Toolset.ToolCompletedEvent], Awaitable[None]] | None = None,
         reply_timeout: float | Unset = UNSET,
         early_reply_capture: bool | Unset = UNSET,
+        silence_timeout: float | None | Unset = UNSET,
+        silence_reminder_after: float | Unset = UNSET,
+        silence_reminders: int | Unset = UNSET,
+        silence_reminder_instructions: str | Unset = UNSET,
         session_id: str | Callable[[Any], str] | None = None,
         rpc_timeout: float = 2.0,
         watch_attempts: int = 6,
@@ -446,6 +498,10 @@ class SidecarEndCallTool(Toolset):
             ignore_on_enter=ignore_on_enter,
             reply_timeout=reply_timeout,
             early_reply_capture=early_reply_capture,
+            silence_timeout=silence_timeout,
+            silence_reminder_after=silence_reminder_after,
+            silence_reminders=silence_reminders,
+            silence_reminder_instructions=silence_reminder_instructions,
         )
         self._on_tool_called = on_tool_called
         self._on_tool_completed = on_tool_completed
@@ -529,7 +585,13 @@ class SidecarEndCallTool(Toolset):
         suffix = uuid.uuid4().hex[:8]
         return f"{job.job.id}-{suffix}" if job is not None else f"session-{uuid.uuid4().hex}"
 
-    def attach(self, session: Any, *, max_duration: float | None = None) -> str:
+    def attach(
+        self,
+        session: Any,
+        *,
+        max_duration: float | None = None,
+        max_duration_warnings: "list[TimeLimitWarning | tuple[float, str]]" = (),  # type: ignore[assignment]
+    ) -> str:
         """Start reporting a session before its first end_call (optional).
 
         Without it the tool follows a session from the first end_call on, like LiveKit's tool.
@@ -537,9 +599,18 @@ class SidecarEndCallTool(Toolset):
         without any end_call (for the sidecar's report), and with ``max_duration`` (seconds)
         lets the sidecar wind the call up when it lasts too long (extension: the agent is asked
         to say goodbye, then the session is ended after the sidecar's grace period).
+        ``max_duration_warnings`` (with ``max_duration``) are reminders before the limit:
+        ``TimeLimitWarning(before=60, instructions="Tell the caller there is one minute left.")``
+        or the pair ``(60, "...")``. From the attach on, the user's final transcripts are
+        reported (``OnUserSpeech``), for the silence ladder (``silence_timeout``).
         Returns the sidecar session id.
         """
         b = self._binding(session)
+        b.warnings = tuple(
+            w if isinstance(w, TimeLimitWarning) else TimeLimitWarning(float(w[0]), str(w[1]))
+            for w in max_duration_warnings
+        )
+        b.listen_to_user()
         b.submit_open(max_duration)
         return b.session_id
 
