@@ -1,6 +1,7 @@
 export {
   createSidecarEndCallTool,
   closeReasonOf,
+  type AttachOptions,
   FALLBACK_DESCRIPTION,
   FALLBACK_REPLY_TIMEOUT_MS,
   type SidecarEndCallToolOptions,
