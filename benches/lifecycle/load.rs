@@ -121,6 +121,19 @@ pub(crate) async fn await_reply(
     Ok(())
 }
 
+/// One `OnUserSpeech` on a session that is not ending: no directive, state ACTIVE.
+pub(crate) async fn user_speaks(api: &mut Client, id: &str) -> Result<(), String> {
+    let r = api
+        .on_user_speech(user_speech(id))
+        .await
+        .map_err(|s| format!("OnUserSpeech: {s}"))?
+        .into_inner();
+    if r.state() != SessionState::Active || !r.directives.is_empty() {
+        return Err(format!("OnUserSpeech: unexpected reply {r:?}"));
+    }
+    Ok(())
+}
+
 pub(crate) async fn health_check(health: &mut HealthClient<Channel>) -> Result<(), String> {
     let r = health
         .check(HealthCheckRequest {
@@ -139,21 +152,25 @@ pub(crate) async fn health_check(health: &mut HealthClient<Channel>) -> Result<(
 pub(crate) enum Work {
     Lifecycle,
     Health,
+    /// `OnUserSpeech` alone, over and over, each agent on a session of its own: the event a
+    /// call sends most.
+    UserSpeech,
 }
 
 /// The turns lifecycle and health take for `duration` each: slices of at most `SLICE`, each
 /// kind going first in every other pair.
 pub(crate) fn turns(duration: Duration) -> Vec<(Work, Duration)> {
+    turns_of(duration, Work::Lifecycle, Work::Health)
+}
+
+/// The turns `a` and `b` take for `duration` each, as [`turns`] does.
+pub(crate) fn turns_of(duration: Duration, a: Work, b: Work) -> Vec<(Work, Duration)> {
     let mut turns = Vec::new();
     let mut left = duration;
     let mut lifecycle_first = true;
     while !left.is_zero() {
         let slice = left.min(SLICE);
-        let pair = if lifecycle_first {
-            [Work::Lifecycle, Work::Health]
-        } else {
-            [Work::Health, Work::Lifecycle]
-        };
+        let pair = if lifecycle_first { [a, b] } else { [b, a] };
         turns.extend(pair.map(|work| (work, slice)));
         left -= slice;
         lifecycle_first = !lifecycle_first;
@@ -240,6 +257,15 @@ pub(crate) async fn closed_loop(
                         }
                         Err(e) => fail(e),
                     },
+                    Work::UserSpeech => {
+                        let id = format!("{prefix}-{agent}");
+                        match user_speaks(&mut api, &id).await {
+                            Ok(()) => {
+                                rpcs.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => fail(e),
+                        }
+                    }
                 }
             }
         }));
@@ -302,7 +328,7 @@ pub(crate) async fn interleaved(
     for (work, slice) in turns(duration) {
         let r = open_loop(channels, rate, slice, work).await;
         match work {
-            Work::Lifecycle => lifecycle.merge(r),
+            Work::Lifecycle | Work::UserSpeech => lifecycle.merge(r),
             Work::Health => health.merge(r),
         }
     }
@@ -320,7 +346,7 @@ pub(crate) async fn open_loop(
 ) -> OpenLoop {
     let prefix = run_prefix("ol");
     let units_per_sec = match work {
-        Work::Health => rate,
+        Work::Health | Work::UserSpeech => rate,
         Work::Lifecycle => rate / SESSION_RPCS.len() as f64,
     };
     let samples: Arc<Mutex<Vec<(&'static str, Duration)>>> = Arc::default();
@@ -354,6 +380,13 @@ pub(crate) async fn open_loop(
                         run_session(&mut api, &id)
                             .await
                             .map(|l| SESSION_RPCS.into_iter().zip(l).collect())
+                    }
+                    Work::UserSpeech => {
+                        let mut api = Client::new(channel);
+                        let t = Instant::now();
+                        user_speaks(&mut api, &id)
+                            .await
+                            .map(|()| vec![("OnUserSpeech alone", t.elapsed())])
                     }
                 };
                 match result {
