@@ -270,3 +270,93 @@ async fn watch_polls_are_batched() {
     assert_eq!(poll.directives.len(), 1);
     assert!(poll.finished);
 }
+
+/// Hooks that keep what the registry hands out.
+#[derive(Default)]
+struct Recording {
+    orders: std::sync::Mutex<Vec<TeardownOrder>>,
+    reports: std::sync::Mutex<Vec<Report>>,
+}
+
+impl Hooks for Recording {
+    fn wants_reports(&self) -> bool {
+        true
+    }
+    fn session_ended(&self, report: Report) {
+        self.reports.lock().unwrap().push(report);
+    }
+    fn teardown(&self, order: TeardownOrder) {
+        self.orders.lock().unwrap().push(order);
+    }
+    fn housekeeping(&self) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_teardown_is_handed_out_once_and_the_session_waits_for_its_result() {
+    use endcall_core::domain::{RoomName, TeardownCause, TeardownResult};
+    let hooks = Arc::new(Recording::default());
+    let wiring = Wiring {
+        hooks: Arc::clone(&hooks) as Arc<dyn Hooks>,
+        ..Wiring::on_current_runtime()
+    };
+    let registry = Registry::start(settings(), wiring).unwrap();
+    let open = Event::Open {
+        options: None,
+        max_duration: None,
+        room: Some(RoomName::new("room-1")),
+    };
+    registry.apply("s", open).unwrap();
+    registry.poll_watch("s", 0, 10, true).unwrap();
+    registry.stream_closed("s");
+
+    advance(Duration::from_millis(9_999)).await;
+    settle_timers().await;
+    assert!(hooks.orders.lock().unwrap().is_empty());
+    advance(Duration::from_millis(1)).await;
+    settle_timers().await;
+    let orders = hooks.orders.lock().unwrap().clone();
+    assert_eq!(orders.len(), 1);
+    assert_eq!(orders[0].room, RoomName::new("room-1"));
+    assert_eq!(orders[0].cause, TeardownCause::WorkerLost);
+    assert_eq!(registry.live_sessions(), 0);
+    assert!(hooks.reports.lock().unwrap().is_empty(), "not ended yet");
+
+    // Well past the retention, the session is still there: LiveKit has not answered.
+    advance(Duration::from_secs(600)).await;
+    settle_timers().await;
+    assert!(registry.report("s").is_some());
+
+    let done = TeardownDone {
+        result: TeardownResult::RoomDeleted,
+        attempts: 2,
+        error: None,
+    };
+    registry.finish_teardown(&SessionId::new("s"), done.clone());
+    registry.finish_teardown(&SessionId::new("s"), done);
+    let reports = hooks.reports.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1, "one report, once the result is known");
+    let teardown = reports[0].teardown.clone().unwrap();
+    assert_eq!(teardown.result, Some(TeardownResult::RoomDeleted));
+    assert_eq!(teardown.attempts, 2);
+    assert_eq!(reports[0].outcome, Some(Outcome::WorkerLost));
+
+    // Then the retention, already over, lets it go.
+    advance(Duration::from_secs(1)).await;
+    settle_timers().await;
+    assert!(registry.report("s").is_none());
+    assert_eq!(hooks.orders.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attended_session_with_a_stream_does_not_expire_idle() {
+    let registry = Registry::start(settings(), Wiring::on_current_runtime()).unwrap();
+    registry.poll_watch("s", 0, 10, true).unwrap();
+    advance(Duration::from_secs(3600)).await;
+    settle_timers().await;
+    assert_eq!(registry.report("s").unwrap().state, State::Active);
+    registry.stream_closed("s");
+    advance(Duration::from_secs(10)).await;
+    settle_timers().await;
+    let report = registry.report("s").unwrap();
+    assert_eq!(report.outcome, Some(Outcome::WorkerLost));
+}
