@@ -13,6 +13,7 @@ use crate::{
     grpc::auth::{AuthArgs, TokenArgs},
     grpc::limits::RequestLimits,
     grpc::tls::{ClientTlsArgs, TlsArgs},
+    livekit::LiveKitArgs,
     sessions::journal::JournalSettings,
     sessions::registry::Settings,
 };
@@ -185,6 +186,10 @@ pub struct ServeArgs {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+
+    // LiveKit's server API (src/livekit): the URL, key and secret for teardown; off by default.
+    #[command(flatten)]
+    pub livekit: LiveKitArgs,
 }
 
 /// A gRPC listen (or connect) address.
@@ -253,6 +258,8 @@ pub struct Config {
     /// Read and checked when serving starts (`server::serve`), not here: this stays infallible.
     pub auth: AuthArgs,
     pub tls: TlsArgs,
+    /// Read and checked at start (`livekit::Settings::load`), like `auth` and `tls`.
+    pub livekit: LiveKitArgs,
 }
 
 impl From<&ServeArgs> for Config {
@@ -294,6 +301,7 @@ impl From<&ServeArgs> for Config {
             }),
             auth: args.auth.clone(),
             tls: args.tls.clone(),
+            livekit: args.livekit.clone(),
         }
     }
 }

@@ -19,6 +19,8 @@
 
 pub(crate) mod retry;
 #[cfg(test)]
+pub(crate) mod test_server;
+#[cfg(test)]
 mod tests;
 
 use std::{

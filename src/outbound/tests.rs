@@ -1,159 +1,16 @@
 //! The client against a real hyper server on 127.0.0.1:0, over plain HTTP and over TLS with a
 //! CA made for the test; the retry schedule on tokio's paused clock.
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime},
-};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Request, StatusCode, Uri};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
-use rustls::pki_types::{pem::PemObject as _, CertificateDer, PrivateKeyDer};
+use http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use http_body_util::Full;
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 
+use super::test_server::{answer, test_ca, Server};
 use super::*;
-
-/// What the test server saw of one request.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: http::Method,
-    path: String,
-    headers: HeaderMap,
-    body: Bytes,
-    version: http::Version,
-}
-
-type Answer = http::Response<Full<Bytes>>;
-
-/// A server that records each request and answers with `answer`.
-struct Server {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Server {
-    async fn start<F, Fut>(tls: Option<Arc<rustls::ServerConfig>>, answer: F) -> Server
-    where
-        F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
-        Fut: Future<Output = Answer> + Send,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let record = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let record = record.clone();
-                let answer = answer.clone();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let record = record.clone();
-                        let answer = answer.clone();
-                        async move {
-                            let (parts, body) = request.into_parts();
-                            let body = body.collect().await.unwrap().to_bytes();
-                            let n = {
-                                let mut seen = record.lock().unwrap();
-                                seen.push(Seen {
-                                    method: parts.method,
-                                    path: parts.uri.path().to_owned(),
-                                    headers: parts.headers,
-                                    body,
-                                    version: parts.version,
-                                });
-                                seen.len()
-                            };
-                            Ok::<_, Infallible>(answer(n).await)
-                        }
-                    });
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    match tls {
-                        None => {
-                            let _ = builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        }
-                        Some(config) => {
-                            let Ok(stream) =
-                                tokio_rustls::TlsAcceptor::from(config).accept(stream).await
-                            else {
-                                return;
-                            };
-                            let _ = builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .await;
-                        }
-                    }
-                });
-            }
-        });
-        Server { addr, seen }
-    }
-
-    fn url(&self, scheme: &str, host: &str, path: &str) -> Uri {
-        format!("{scheme}://{host}:{}{path}", self.addr.port())
-            .parse()
-            .unwrap()
-    }
-
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
-fn answer(status: u16, body: &'static str) -> Answer {
-    http::Response::builder()
-        .status(status)
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap()
-}
-
-/// A CA and a server certificate for localhost and 127.0.0.1 signed by it.
-struct TestCa {
-    ca: CertificateDer<'static>,
-    server: Arc<rustls::ServerConfig>,
-}
-
-fn test_ca(name: &str) -> TestCa {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
-    )
-    .unwrap();
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    TestCa {
-        ca: CertificateDer::from_pem_slice(issuer.pem().as_bytes()).unwrap(),
-        server: Arc::new(server),
-    }
-}
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -168,7 +25,7 @@ fn json_headers() -> HeaderMap {
 
 #[tokio::test]
 async fn posts_the_body_and_headers_and_reads_any_status() {
-    let server = Server::start(None, |n| async move {
+    let server = Server::start(None, |n, _| async move {
         match n {
             1 => answer(200, "{}"),
             2 => answer(404, r#"{"code":"not_found","msg":"room not found"}"#),
@@ -224,7 +81,7 @@ async fn posts_the_body_and_headers_and_reads_any_status() {
 
 #[tokio::test]
 async fn a_given_user_agent_is_kept() {
-    let server = Server::start(None, |_| async { answer(204, "") }).await;
+    let server = Server::start(None, |_, _| async { answer(204, "") }).await;
     let client = HttpClient::new(Tls::Off).unwrap();
     let mut headers = HeaderMap::new();
     headers.insert(header::USER_AGENT, HeaderValue::from_static("mine/1"));
@@ -243,7 +100,7 @@ async fn a_given_user_agent_is_kept() {
 
 #[tokio::test]
 async fn retry_after_is_read_as_seconds_or_as_a_date() {
-    let server = Server::start(None, |n| async move {
+    let server = Server::start(None, |n, _| async move {
         let value = match n {
             1 => "7".to_owned(),
             2 => httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600)),
@@ -311,7 +168,7 @@ fn retry_after_parsing() {
 
 #[tokio::test]
 async fn the_body_kept_is_bounded() {
-    let server = Server::start(None, |_| async {
+    let server = Server::start(None, |_, _| async {
         http::Response::builder()
             .status(500)
             .body(Full::new(Bytes::from(vec![b'x'; 10 * 1024])))
@@ -350,7 +207,7 @@ fn body_text_is_printable() {
 /// jumps to the deadline as soon as nothing else can run.
 #[tokio::test(start_paused = true)]
 async fn a_server_that_never_answers_times_out() {
-    let server = Server::start(None, |_| async {
+    let server = Server::start(None, |_, _| async {
         std::future::pending::<()>().await;
         unreachable!()
     })
@@ -443,7 +300,7 @@ fn roots_that_hold_no_certificate_are_refused() {
 #[tokio::test]
 async fn https_with_a_trusted_ca_negotiates_http2() {
     let ca = test_ca("outbound test CA");
-    let server = Server::start(Some(ca.server.clone()), |_| async { answer(200, "ok") }).await;
+    let server = Server::start(Some(ca.server.clone()), |_, _| async { answer(200, "ok") }).await;
     let client = HttpClient::new(Tls::Roots(vec![ca.ca.clone()])).unwrap();
     for host in ["localhost", "127.0.0.1"] {
         let response = client
@@ -469,7 +326,7 @@ async fn https_with_a_trusted_ca_negotiates_http2() {
 async fn https_with_an_untrusted_ca_is_a_tls_error_that_is_not_retried() {
     let ca = test_ca("outbound test CA");
     let other = test_ca("someone else's CA");
-    let server = Server::start(Some(ca.server.clone()), |_| async { answer(200, "ok") }).await;
+    let server = Server::start(Some(ca.server.clone()), |_, _| async { answer(200, "ok") }).await;
     let client = HttpClient::new(Tls::Roots(vec![other.ca.clone()])).unwrap();
     let err = client
         .post(
@@ -489,7 +346,7 @@ async fn https_with_an_untrusted_ca_is_a_tls_error_that_is_not_retried() {
 #[tokio::test]
 async fn plain_http_to_a_tls_server_is_an_io_error() {
     let ca = test_ca("outbound test CA");
-    let server = Server::start(Some(ca.server.clone()), |_| async { answer(200, "ok") }).await;
+    let server = Server::start(Some(ca.server.clone()), |_, _| async { answer(200, "ok") }).await;
     let client = HttpClient::new(Tls::Off).unwrap();
     let err = client
         .post(
