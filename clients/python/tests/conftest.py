@@ -121,3 +121,14 @@ def start_sidecar() -> Iterator:
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def livekit_standin() -> Iterator:
+    """A started stand-in for LiveKit's RoomService (livekit_standin.py), stopped at the end of
+    the test. Point a sidecar at it with ``start_sidecar(*standin.sidecar_args(),
+    env=standin.sidecar_env())``; ``add_room`` the rooms that exist."""
+    from livekit_standin import LiveKitStandIn
+
+    with LiveKitStandIn() as standin:
+        yield standin
