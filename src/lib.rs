@@ -4,6 +4,8 @@
 //! - `endcall_core` (its own crate): the contract's vocabulary, the pure state machine, the
 //!   end-of-call report and the tool's definition; no I/O, clock, tokio or protobuf.
 //! - `telemetry`: logs, metrics and the report thread.
+//! - `outbound`: the process's HTTP client (hyper, rustls) and its retry schedule.
+//! - `livekit`: LiveKit's server API (`RoomService.DeleteRoom`) over that client.
 //! - `sessions`: the registry of live sessions (ordering, timers, expiry, limits), the
 //!   journal and the clock.
 //! - `grpc`: the service, the proto-to-domain conversion, codec, errors, limits, auth, TLS.
@@ -15,6 +17,12 @@
 mod app;
 mod grpc;
 mod in_process;
+// No caller yet: the teardown queue (issue 22) calls `livekit::RoomService::delete_room`.
+#[allow(dead_code, unused_imports)]
+mod livekit;
+// No caller yet: LiveKit's teardown (issue 22) and webhook deliveries (issue 24) send through it.
+#[allow(dead_code, unused_imports)]
+mod outbound;
 mod sessions;
 pub mod telemetry;
 

@@ -13,6 +13,7 @@ use crate::{
     grpc::auth::{AuthArgs, TokenArgs},
     grpc::limits::RequestLimits,
     grpc::tls::{ClientTlsArgs, TlsArgs},
+    livekit::LiveKitArgs,
     sessions::journal::JournalSettings,
     sessions::registry::Settings,
 };
@@ -195,6 +196,10 @@ pub struct ServeArgs {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+
+    // LiveKit's server API (src/livekit): the URL, key and secret for teardown; off by default.
+    #[command(flatten)]
+    pub livekit: LiveKitArgs,
 }
 
 /// A gRPC listen (or connect) address.
@@ -263,6 +268,8 @@ pub struct Config {
     /// Read and checked when serving starts (`server::serve`), not here: this stays infallible.
     pub auth: AuthArgs,
     pub tls: TlsArgs,
+    /// Read and checked at start (`livekit::Settings::load`), like `auth` and `tls`.
+    pub livekit: LiveKitArgs,
 }
 
 impl From<&ServeArgs> for Config {
@@ -306,6 +313,7 @@ impl From<&ServeArgs> for Config {
             }),
             auth: args.auth.clone(),
             tls: args.tls.clone(),
+            livekit: args.livekit.clone(),
         }
     }
 }

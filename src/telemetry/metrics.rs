@@ -26,6 +26,24 @@ pub const DIRECTIVES: &str = "endcall_directives_total";
 pub const TIMERS_PENDING: &str = "endcall_timers_pending";
 pub const WATCHERS: &str = "endcall_watchers";
 pub const ALIVE_TASKS: &str = "endcall_runtime_alive_tasks";
+pub const LIVEKIT_REQUESTS: &str = "endcall_livekit_requests_total";
+pub const LIVEKIT_DURATION: &str = "endcall_livekit_request_duration_seconds";
+
+/// How LiveKit server API requests end (`result` label): an answer's class, or why none came.
+pub const LIVEKIT_RESULTS: [&str; 12] = [
+    "deleted",           // 2xx
+    "not_found",         // 404 `not_found`: the room was already gone
+    "unauthenticated",   // 401
+    "permission_denied", // 403
+    "rate_limited",      // 429
+    "server_error",      // 5xx, 408
+    "client_error",      // any other status (400, a 404 that is not `not_found`, 3xx)
+    "timeout",
+    "connect",
+    "tls",
+    "io",
+    "invalid_url",
+];
 
 /// How often the runtime gauges are sampled: a scrape every 15 s or so sees fresh values.
 const RUNTIME_SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -36,6 +54,11 @@ const RPC_BUCKETS: &[f64] = &[
 ];
 /// Goodbyes: from an instant pipeline shutdown to the playout guard and beyond.
 const GOODBYE_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0];
+/// LiveKit API requests: a nearby server in milliseconds, a distant one in a few hundred, up
+/// to the 10 s default request timeout and beyond.
+const LIVEKIT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// Serves `/metrics` on `addr` and installs the global recorder. Must run inside the runtime.
 pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
@@ -44,6 +67,7 @@ pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
         .set_buckets_for_metric(Matcher::Full(RPC_DURATION.into()), RPC_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(END_CALL_TO_SHUTDOWN.into()), GOODBYE_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(JOURNAL_SYNC.into()), RPC_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(LIVEKIT_DURATION.into()), LIVEKIT_BUCKETS)?
         .build()?;
     metrics::set_global_recorder(recorder).map_err(BuildError::FailedToSetGlobalRecorder)?;
     tokio::spawn(exporter);
@@ -143,6 +167,9 @@ fn zero() {
             counter!(TEARDOWNS, "cause" => cause.as_str(), "result" => result.as_str()).absolute(0);
         }
     }
+    for result in LIVEKIT_RESULTS {
+        counter!(LIVEKIT_REQUESTS, "method" => "DeleteRoom", "result" => result).absolute(0);
+    }
 }
 
 fn describe() {
@@ -190,6 +217,15 @@ fn describe() {
     describe_counter!(
         JOURNAL_RECORDS,
         "State journal (--state-dir): records made durable."
+    );
+    describe_counter!(
+        LIVEKIT_REQUESTS,
+        "LiveKit server API requests (teardown), by method and result: deleted, not_found, unauthenticated, permission_denied, rate_limited, server_error, client_error, timeout, connect, tls, io, invalid_url."
+    );
+    describe_histogram!(
+        LIVEKIT_DURATION,
+        Unit::Seconds,
+        "LiveKit server API request latency by method, every attempt (a timed-out one counts its timeout)."
     );
     describe_gauge!(
         SESSIONS_UNATTENDED,
@@ -311,6 +347,12 @@ pub fn code_name(code: Code) -> &'static str {
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
+}
+
+/// One LiveKit server API request (one attempt), its result label from [`LIVEKIT_RESULTS`].
+pub fn livekit_request(method: &'static str, result: &'static str, elapsed: Duration) {
+    counter!(LIVEKIT_REQUESTS, "method" => method, "result" => result).increment(1);
+    histogram!(LIVEKIT_DURATION, "method" => method).record(elapsed.as_secs_f64());
 }
 
 pub const JOURNAL_SYNC: &str = "endcall_journal_sync_seconds";
