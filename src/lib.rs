@@ -17,11 +17,7 @@
 mod app;
 mod grpc;
 mod in_process;
-// No caller yet: the teardown queue (issue 22) calls `livekit::RoomService::delete_room`.
-#[allow(dead_code, unused_imports)]
 mod livekit;
-// No caller yet: LiveKit's teardown (issue 22) and webhook deliveries (issue 24) send through it.
-#[allow(dead_code, unused_imports)]
 mod outbound;
 mod sessions;
 pub mod telemetry;

@@ -20,6 +20,9 @@
 //! - `quiet`: the throughput section against a server whose end-of-call report lines are off
 //!   (`--log-level info,endcall::report=off`): what is left of the gap without them. Not with
 //!   `--server-flags` that set `--log-level`.
+//! - `teardown`: N attended sessions whose watch streams all end at once; how late each room's
+//!   DeleteRoom reaches a local receiver after the worker-lost window, and RSS per attended
+//!   session.
 //! - `durable`: the throughput section with `--state-dir` (every event fsynced before its
 //!   reply), and its cost: durable lifecycle RPC/s / in-memory lifecycle RPC/s of this run.
 //!
@@ -50,6 +53,7 @@ mod memory;
 mod quiet;
 mod results;
 mod sizes;
+mod teardown;
 mod throughput;
 mod timers;
 mod unix;
@@ -62,7 +66,7 @@ use support::ServerArgs;
 #[command(about = "endcall-sidecar performance benchmark")]
 struct Args {
     /// Sections to run, comma-separated: throughput,echo,latency,h2load,memory,timers,unix,
-    /// quiet,durable (or all). `echo` (after throughput) waits for the run's 30 s timers and
+    /// quiet,durable,teardown (or all). `echo` (after throughput) waits for the run's 30 s timers and
     /// measures their cost.
     #[arg(long, default_value = "all")]
     sections: String,
@@ -96,7 +100,10 @@ struct Args {
     /// How many of the timer sessions get a WatchSession stream (default: all).
     #[arg(long)]
     timer_watchers: Option<usize>,
-    /// Watch streams per HTTP/2 connection in the timers section.
+    /// Attended sessions whose streams all end at once (teardown section).
+    #[arg(long, default_value_t = 10_000)]
+    teardown_sessions: usize,
+    /// Watch streams per HTTP/2 connection in the timers and teardown sections.
     #[arg(long, default_value_t = 1000)]
     watchers_per_connection: usize,
     #[command(flatten)]
@@ -165,6 +172,9 @@ fn main() {
         }
         if args.runs("timers") {
             timers::run(&args, lifecycle_rate, &mut report).await;
+        }
+        if args.runs("teardown") {
+            teardown::run(&args, &mut report).await;
         }
     });
     report.print(&args);

@@ -3,6 +3,7 @@
 
 pub(crate) mod config;
 pub(crate) mod housekeeping;
+pub(crate) mod outbound;
 pub(crate) mod probe;
 pub(crate) mod runtime;
 pub(crate) mod server;

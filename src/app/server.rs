@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::{
     app::config::{Config, ListenAddr},
-    app::housekeeping::ProcessHooks,
+    app::{housekeeping::ProcessHooks, outbound::Outbound},
     grpc::auth::{self, AuthLayer},
     grpc::limits::{self, WatchSlots},
     grpc::proto::{self, v1::end_call_service_server::EndCallServiceServer},
@@ -51,6 +51,9 @@ pub enum ServeError {
     Auth(#[from] auth::AuthError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
+    /// LiveKit's configuration, or the outbound HTTP client (its TLS roots).
+    #[error("{0}")]
+    Outbound(String),
 }
 
 /// A bound listener: TCP, or a Unix socket shared with the agent through a volume.
@@ -134,6 +137,7 @@ pub async fn serve(
         &config.tls,
     )?;
 
+    let outbound = Outbound::start(&config)?;
     let (wiring, teardowns) = ProcessHooks::wiring(TimerThread::Dedicated);
     let registry = match &config.state {
         None => Registry::start(config.registry.clone(), wiring).map_err(ServeError::Timers)?,
@@ -152,7 +156,7 @@ pub async fn serve(
             registry
         }
     };
-    teardowns.start(Arc::downgrade(&registry), None);
+    teardowns.start(Arc::downgrade(&registry), outbound.room_service);
     let journal_failed = registry.journal_failed();
     let draining = CancellationToken::new();
 

@@ -34,7 +34,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use tracing::{debug, warn};
 
 use crate::{
-    outbound::{Backoff, HttpClient, Jitter, Response, RetryPolicy, SendError},
+    outbound::{Backoff, HttpClient, Jitter, Response, RetryPolicy},
     telemetry::metrics,
 };
 
@@ -123,13 +123,9 @@ impl RoomService {
     }
 
     /// The URL `DeleteRoom` is posted to.
+    #[cfg(test)]
     pub(crate) fn delete_room_url(&self) -> &Uri {
         &self.inner.delete_room_url
-    }
-
-    /// The retry schedule from the settings (`--livekit-retry-for`).
-    pub(crate) fn policy(&self) -> RetryPolicy {
-        self.inner.policy
     }
 
     /// Deletes `room`, retrying as the settings say. Returns when the room is deleted or gone,

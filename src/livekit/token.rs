@@ -45,10 +45,6 @@ impl Signer {
         }
     }
 
-    pub(crate) fn api_key(&self) -> &str {
-        &self.api_key
-    }
-
     /// A token for `RoomService` calls that need `roomCreate` (`CreateRoom`, `DeleteRoom`),
     /// valid from `now` for `ttl`.
     pub(crate) fn room_create_token(&self, now: SystemTime, ttl: Duration) -> String {

@@ -36,7 +36,9 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::{TokioExecutor, TokioTimer},
 };
-use rustls::{pki_types::CertificateDer, RootCertStore};
+#[cfg(test)]
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
 
 pub(crate) use retry::{parse_retry_after, Backoff, Jitter, RetryPolicy};
 
@@ -53,7 +55,8 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 pub(crate) enum Tls {
     /// The platform's CA certificates (see the module's docs).
     Platform,
-    /// Exactly these roots: a private CA, and the tests' CA.
+    /// Exactly these roots: the tests' CA.
+    #[cfg(test)]
     Roots(Vec<CertificateDer<'static>>),
     /// No TLS: `https://` URLs fail with [`SendError::Tls`]. For a process whose configured
     /// URLs are all `http://`, so that an image without a CA bundle still starts.
@@ -175,6 +178,7 @@ impl HttpClient {
     pub(crate) fn new(tls: Tls) -> Result<Self, ClientError> {
         let roots = match tls {
             Tls::Platform => Some(platform_roots()?),
+            #[cfg(test)]
             Tls::Roots(certs) => {
                 let mut store = RootCertStore::empty();
                 let (added, _ignored) = store.add_parsable_certificates(certs);

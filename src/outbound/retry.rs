@@ -78,6 +78,7 @@ impl Backoff {
     }
 
     /// Attempts made so far.
+    #[cfg(test)]
     pub(crate) fn attempts(&self) -> u32 {
         self.attempts
     }
