@@ -1,18 +1,20 @@
 """End to end: a real livekit.agents AgentSession in text mode (no room, LiveKit's fake job
 context), a scripted LLM that calls end_call and then says goodbye, SidecarEndCallTool and a
-real sidecar."""
+real sidecar; followed from the first end_call on, and attached at the session's start."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import pytest
 from livekit.agents import Agent, AgentSession, llm
 from livekit.agents.testing import fake_job_context
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS
 
 from endcall_sidecar import EndCallClient, Outcome, SessionState
 from endcall_sidecar.livekit import SidecarEndCallTool
+from recording import recording_channel
 
 GOODBYE = "Thanks for calling, goodbye!"
 
@@ -48,10 +50,13 @@ class _ScriptedStream(llm.LLMStream):
         self._event_ch.send_nowait(llm.ChatChunk(id=f"chunk-{self._turn}", delta=delta))
 
 
-async def test_agent_session_ends_after_goodbye(sidecar) -> None:
+@pytest.mark.parametrize("attached", [False, True], ids=["from-end-call", "attached"])
+async def test_agent_session_ends_after_goodbye(sidecar, attached: bool) -> None:
     timeline: list[tuple] = []
     scripted = ScriptedLLM()
-    tool = SidecarEndCallTool(address=sidecar.address, extra_description="Extra: be polite.")
+    channel, wire = recording_channel(sidecar.address)
+    client = EndCallClient(sidecar.address, channel=channel)
+    tool = SidecarEndCallTool(client=client, extra_description="Extra: be polite.")
     closed = asyncio.Event()
 
     with fake_job_context(job_id="e2e-job") as job_ctx:
@@ -84,6 +89,9 @@ async def test_agent_session_ends_after_goodbye(sidecar) -> None:
 
         await session.start(Agent(instructions="You are a test agent.", tools=[tool]),
                             record=False)
+        if attached:
+            # as the examples do: right after start, in the job (LiveKit's fake job's room)
+            tool.attach(session)
         # the tool took its definition from the sidecar
         assert tool.tool_definition is not None
         assert tool.tool_definition.name == "end_call"
@@ -132,3 +140,13 @@ async def test_agent_session_ends_after_goodbye(sidecar) -> None:
         assert report.goodbye_duration is not None and report.goodbye_duration >= 0
         assert not tool.in_fallback(session)
         await session.aclose()
+
+        methods = wire.methods()
+        if attached:
+            (opened,) = wire.requests("OpenSession")
+            assert opened.room == "fake-room"
+            # the stream was held before the LLM was even asked
+            assert methods.index("WatchSession") < methods.index("EndCall")
+        else:
+            assert "OpenSession" not in methods
+    await channel.close()

@@ -57,6 +57,21 @@ class _ToolSpeech:
     reply_output_given: bool | None = None  # as the sidecar's EndCall reply said
 
 
+def _job_room_name(job_ctx: Any) -> str | None:
+    """The LiveKit room of a job: the connected room's name, else the one the job was
+    dispatched to (known before ``ctx.connect()``)."""
+    if job_ctx is None:
+        return None
+    for get in (lambda: job_ctx.room.name, lambda: job_ctx.job.room.name):
+        try:
+            name = get()
+        except Exception:  # a context without a room (a fake job, a test double)
+            continue
+        if isinstance(name, str) and name:
+            return name
+    return None
+
+
 def _capabilities(activity: Any) -> ModelCapabilities:
     rt = getattr(activity, "realtime_llm_session", None)
     return ModelCapabilities(
@@ -151,10 +166,12 @@ class _Binding:
             )
             self._watch_task.add_done_callback(lambda _: self._maybe_finish())
 
-    def submit_open(self, max_duration: float | None) -> None:
-        if max_duration is not None:
-            self._start_watcher()  # WIND_UP comes from a timer, on the stream only
-        self._enqueue("open", (max_duration,))
+    def submit_open(self, max_duration: float | None, room: str | None) -> None:
+        # The stream is held from the session's start: the sidecar takes it as the worker's
+        # lease (a session whose stream is gone too long has lost its worker), and WIND_UP
+        # comes from a timer, on the stream only.
+        self._start_watcher()
+        self._enqueue("open", (max_duration, room))
 
     def submit_end_call(self, speech_id: str, caps: ModelCapabilities) -> asyncio.Future:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -195,10 +212,12 @@ class _Binding:
     ) -> None:
         sid = self.session_id
         if kind == "open":
-            (max_duration,) = args
+            max_duration, room = args
             if not self.fallback:
                 try:
-                    await client.open_session(sid, self.tool._options, max_duration=max_duration)
+                    await client.open_session(
+                        sid, self.tool._options, max_duration=max_duration, room=room
+                    )
                 except SidecarError as e:
                     self._go_fallback(e, "OpenSession")
             return
@@ -529,18 +548,26 @@ class SidecarEndCallTool(Toolset):
         suffix = uuid.uuid4().hex[:8]
         return f"{job.job.id}-{suffix}" if job is not None else f"session-{uuid.uuid4().hex}"
 
-    def attach(self, session: Any, *, max_duration: float | None = None) -> str:
-        """Start reporting a session before its first end_call (optional).
+    def attach(
+        self, session: Any, *, max_duration: float | None = None, room: str | None = None
+    ) -> str:
+        """Start following ``session`` at its start (recommended; call it right after
+        ``session.start(...)``).
 
         Without it the tool follows a session from the first end_call on, like LiveKit's tool.
-        Attaching early opens the sidecar session with the tool's options, reports a close
-        without any end_call (for the sidecar's report), and with ``max_duration`` (seconds)
-        lets the sidecar wind the call up when it lasts too long (extension: the agent is asked
-        to say goodbye, then the session is ended after the sidecar's grace period).
-        Returns the sidecar session id.
+        Attaching opens the sidecar session with the tool's options and the job's room name,
+        and holds the ``WatchSession`` stream from then on. That stream is the worker's lease:
+        a sidecar configured for it (``--worker-lost-after``, ``--close-deadline`` and LiveKit
+        credentials) hangs the call up itself, by deleting the room, when the worker is lost or
+        never closes the session. The sidecar also reports a close without any end_call, and
+        with ``max_duration`` (seconds) winds the call up when it lasts too long (the agent is
+        asked to say goodbye, then the session is ended after the sidecar's grace period).
+
+        ``room`` defaults to the current job's room name (``get_job_context()``); a session
+        outside a job, with no ``room``, is opened without one. Returns the sidecar session id.
         """
         b = self._binding(session)
-        b.submit_open(max_duration)
+        b.submit_open(max_duration, room if room else _job_room_name(b.job_ctx))
         return b.session_id
 
     def _binding(self, session: Any) -> _Binding:
