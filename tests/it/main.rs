@@ -13,3 +13,4 @@ mod limits;
 mod process;
 mod security;
 mod unix_socket;
+mod versions;
