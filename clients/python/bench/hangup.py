@@ -11,7 +11,7 @@ whole call took, from building the session to the job's shutdown callbacks.
     clients/python/scripts/bench [--calls N] [--warmup N] [--sidecar-bin PATH] [--json FILE]
 
 The sidecar tool is used as the examples use it: made per call (as each job makes its own),
-and attached at the session's start. Exit status 0; the targets are printed, not enforced.
+and attached at the session's start; the tools of the process share one client (channel). Exit status 0; the targets are printed, not enforced.
 """
 
 from __future__ import annotations
@@ -117,9 +117,9 @@ async def one_call(tool_kind: str, n: int, probe: Probe, address: str) -> Call:
             await cb("user_initiated")
         await session.aclose()
         if isinstance(tool, SidecarEndCallTool):
-            # the tool lets go of its channel once the session's close was answered
-            while tool._client is not None:
-                await asyncio.sleep(0)
+            # until the session's last events are answered and its stream has ended
+            while tool._live:
+                await asyncio.sleep(0.001)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     speeches = [s for s in probe.done_at if s not in done_before]
     if len(speeches) != 1 or id(session) not in probe.shutdown_at:

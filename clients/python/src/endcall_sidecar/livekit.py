@@ -25,6 +25,7 @@ from livekit.agents.voice.events import CloseEvent, RunContext, SpeechCreatedEve
 from .client import DEFAULT_ADDRESS, EndCallClient
 from .engine import LocalDirective, LocalEngine
 from .errors import FailedPrecondition, SidecarError
+from .security import resolve_security
 from .types import (
     UNSET,
     CloseReason,
@@ -32,6 +33,7 @@ from .types import (
     DirectiveKind,
     ModelCapabilities,
     SessionOptions,
+    ToolDefinition,
     Unset,
 )
 
@@ -78,6 +80,40 @@ def _capabilities(activity: Any) -> ModelCapabilities:
         realtime=isinstance(getattr(activity, "llm", None), RealtimeModel),
         auto_tool_reply=bool(rt is not None and rt.capabilities.auto_tool_reply_generation),
     )
+
+
+# One client per event loop, sidecar address, call timeout and security settings, shared by
+# every tool made without a client: a worker process then holds one gRPC channel to its sidecar
+# instead of opening (and closing) one per session, which costs about 1 ms of CPU each time
+# (docs/performance.md). A channel belongs to its event loop, hence one set per loop.
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, EndCallClient]] = (
+    weakref.WeakKeyDictionary()
+)
+# GetTool's answers, per client and arguments: the definition follows from the sidecar's flags,
+# so it is asked once per client rather than at every agent activation.
+_definitions: weakref.WeakKeyDictionary[EndCallClient, dict[tuple, ToolDefinition]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _shared_client(key: tuple, address: str, timeout: float) -> EndCallClient:
+    clients = _shared.setdefault(asyncio.get_running_loop(), {})
+    client = clients.get(key)
+    if client is None:
+        client = clients[key] = EndCallClient(address, timeout=timeout)
+    return client
+
+
+async def _tool_definition(
+    client: EndCallClient, extra_description: str | None, ignore_on_enter: bool | None
+) -> ToolDefinition:
+    known = _definitions.setdefault(client, {})
+    key = (extra_description, ignore_on_enter)
+    if key not in known:
+        known[key] = await client.get_tool(
+            extra_description=extra_description, ignore_on_enter=ignore_on_enter
+        )
+    return known[key]
 
 
 class _Binding:
@@ -437,7 +473,9 @@ class SidecarEndCallTool(Toolset):
         session_id: the sidecar session id: a string, or a function of the AgentSession.
             Default: the job id plus a random suffix.
         rpc_timeout: seconds each call to the sidecar may take before it counts as down.
-        client: an ``EndCallClient`` to share between tools (then ``address`` is unused).
+        client: an ``EndCallClient`` to use (then ``address`` is unused). Without it the tools
+            of a process share one client per event loop, address and security settings
+            (their channel stays open for the process's life).
     """
 
     def __init__(
@@ -471,21 +509,26 @@ class SidecarEndCallTool(Toolset):
         self._session_id = session_id
         self._rpc_timeout = rpc_timeout
         self._watch_attempts = watch_attempts
-        self._client = client
-        self._own_client = client is None
+        self._client = client  # else the shared one, on first use (_shared_client)
         self._bindings: weakref.WeakKeyDictionary[Any, _Binding] = weakref.WeakKeyDictionary()
-        self._live: set[_Binding] = set()
-        self._closing = False
-        self.tool_definition = None  # the sidecar's ToolDefinition once setup() fetched it
+        self._live: set[_Binding] = set()  # sessions still reporting or watching
+        # The sidecar's ToolDefinition once setup() fetched it, or at once if this process's
+        # shared client already has it.
+        self.tool_definition: ToolDefinition | None = self._known_definition()
 
-        extra = "" if extra_description is UNSET else str(extra_description)
-        description = f"{_FALLBACK_DESCRIPTION}\n{extra}" if extra else _FALLBACK_DESCRIPTION
-        flag = ignore_on_enter is not UNSET and bool(ignore_on_enter)
+        if self.tool_definition is not None:
+            description = self.tool_definition.description
+            flag = self.tool_definition.ignore_on_enter
+        else:
+            extra = "" if extra_description is UNSET else str(extra_description)
+            description = f"{_FALLBACK_DESCRIPTION}\n{extra}" if extra else _FALLBACK_DESCRIPTION
+            flag = ignore_on_enter is not UNSET and bool(ignore_on_enter)
         super().__init__(id="end_call", tools=[self._make_tool(description, flag)])
 
     # ---- tool definition -------------------------------------------------------------------
 
     def _make_tool(self, description: str, ignore_on_enter: bool) -> llm.FunctionTool:
+        self._made = (description, ignore_on_enter)
         return function_tool(
             self._end_call,
             name="end_call",
@@ -493,16 +536,32 @@ class SidecarEndCallTool(Toolset):
             flags=ToolFlag.IGNORE_ON_ENTER if ignore_on_enter else ToolFlag.NONE,
         )
 
+    def _definition_args(self) -> tuple[str | None, bool | None]:
+        opts = self._options
+        return (
+            None if opts.extra_description is UNSET else str(opts.extra_description),
+            None if opts.ignore_on_enter is UNSET else bool(opts.ignore_on_enter),
+        )
+
+    def _known_definition(self) -> ToolDefinition | None:
+        """The definition GetTool gave this process's shared client before, if any (building
+        the tool once, not twice, is half of what a tool costs to make)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        client = self._client or _shared.get(loop, {}).get(self._shared_key())
+        if client is None:
+            return None
+        return _definitions.get(client, {}).get(self._definition_args())
+
+    def _shared_key(self) -> tuple:
+        return (self._address, self._rpc_timeout, resolve_security())
+
     async def setup(self) -> "SidecarEndCallTool":
         """Fetch the tool's description and flags from the sidecar (``GetTool``)."""
-        opts = self._options
         try:
-            td = await self._get_client().get_tool(
-                extra_description=(
-                    None if opts.extra_description is UNSET else str(opts.extra_description)
-                ),
-                ignore_on_enter=None if opts.ignore_on_enter is UNSET else opts.ignore_on_enter,
-            )
+            td = await _tool_definition(self._get_client(), *self._definition_args())
         except SidecarError as e:
             logger.error(
                 "endcall-sidecar: GetTool failed at %s (%s); using the built-in description",
@@ -511,26 +570,14 @@ class SidecarEndCallTool(Toolset):
             )
         else:
             self.tool_definition = td
-            self._tools = [self._make_tool(td.description, td.ignore_on_enter)]
+            if self._made != (td.description, td.ignore_on_enter):
+                self._tools = [self._make_tool(td.description, td.ignore_on_enter)]
         await super().setup()
         return self
 
-    async def aclose(self) -> None:
-        # Agent-scoped toolsets are closed before the session's close event: keep the channel
-        # open until every live session has reported its close.
-        self._closing = True
-        if not self._live:
-            await self._close_client()
-        await super().aclose()
-
-    async def _close_client(self) -> None:
-        if self._own_client and self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
-
     def _get_client(self) -> EndCallClient:
         if self._client is None:
-            self._client = EndCallClient(self._address, timeout=self._rpc_timeout)
+            self._client = _shared_client(self._shared_key(), self._address, self._rpc_timeout)
         return self._client
 
     def _local_end_instructions(self) -> str | None:
@@ -599,8 +646,6 @@ class SidecarEndCallTool(Toolset):
 
     def _binding_finished(self, b: _Binding) -> None:
         self._live.discard(b)
-        if self._closing and not self._live:
-            asyncio.get_running_loop().create_task(self._close_client())
 
     # ---- the tool ---------------------------------------------------------------------------
 
