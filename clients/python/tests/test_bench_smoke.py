@@ -1,5 +1,5 @@
-"""A smoke run of the client-side hangup benchmark (bench/hangup.py) with tiny counts, so that
-it cannot rot: both tools end every call, and the figures it reports are there."""
+"""Smoke runs of the client-side benchmarks (bench/hangup.py, bench/rpc_cost.py) with tiny
+counts, so that they cannot rot: both tools end every call, and the figures are reported."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from conftest import sidecar_bin
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import hangup  # noqa: E402
+import rpc_cost  # noqa: E402
 
 
 def test_hangup_bench_runs_both_tools(capsys) -> None:
@@ -29,3 +30,11 @@ def test_hangup_bench_runs_both_tools(capsys) -> None:
 
     assert AgentSession.shutdown.__qualname__ == "AgentSession.shutdown"
     assert SpeechHandle._mark_done.__qualname__ == "SpeechHandle._mark_done"
+
+
+def test_rpc_cost_bench_runs(capsys) -> None:
+    rpc_cost.main(["--count", "3", "--sidecar-bin", str(sidecar_bin())])
+    out = capsys.readouterr().out
+    for what in ("channel: made", "unary RPC", "WatchSession"):
+        assert what in out
+    assert out.count("ms CPU") == 3

@@ -510,6 +510,7 @@ class SidecarEndCallTool(Toolset):
         self._rpc_timeout = rpc_timeout
         self._watch_attempts = watch_attempts
         self._client = client  # else the shared one, on first use (_shared_client)
+        self._key: tuple | None = None
         self._bindings: weakref.WeakKeyDictionary[Any, _Binding] = weakref.WeakKeyDictionary()
         self._live: set[_Binding] = set()  # sessions still reporting or watching
         # The sidecar's ToolDefinition once setup() fetched it, or at once if this process's
@@ -556,7 +557,9 @@ class SidecarEndCallTool(Toolset):
         return _definitions.get(client, {}).get(self._definition_args())
 
     def _shared_key(self) -> tuple:
-        return (self._address, self._rpc_timeout, resolve_security())
+        if self._key is None:  # the security settings read once, as a client reads them
+            self._key = (self._address, self._rpc_timeout, resolve_security())
+        return self._key
 
     async def setup(self) -> "SidecarEndCallTool":
         """Fetch the tool's description and flags from the sidecar (``GetTool``)."""
