@@ -142,13 +142,15 @@ def summary(results: Results) -> dict[str, Any]:
         cpu = [c.cpu_ms for c in results.calls[t]]
         out[t] = {
             "calls": len(lat),
-            "latency_ms": {"p50": pct(lat, 50), "p99": pct(lat, 99), "max": max(lat)},
+            "latency_ms": {
+                "p50": pct(lat, 50), "p90": pct(lat, 90), "p99": pct(lat, 99), "max": max(lat)
+            },
             "cpu_ms_per_call": {"mean": statistics.fmean(cpu), "median": statistics.median(cpu)},
             "wall_ms_per_call": statistics.fmean(c.wall_ms for c in results.calls[t]),
         }
     lk, sc = out["livekit"], out["sidecar"]
     out["added_latency_ms"] = {
-        p: sc["latency_ms"][p] - lk["latency_ms"][p] for p in ("p50", "p99")
+        p: sc["latency_ms"][p] - lk["latency_ms"][p] for p in ("p50", "p90", "p99")
     }
     out["cpu_ratio"] = sc["cpu_ms_per_call"]["mean"] / lk["cpu_ms_per_call"]["mean"]
     out["targets"] = {
@@ -163,14 +165,15 @@ def report(s: dict[str, Any], calls: int, warmup: int, binary: str) -> str:
     lines = [
         f"calls: {calls} per tool, taking turns (after {warmup} warm-up calls each); "
         f"sidecar: {shown}",
-        f"{'':34}{'p50':>9}{'p99':>9}{'max':>9}",
+        f"{'':34}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}",
     ]
     for t in TOOLS:
         lat = s[t]["latency_ms"]
-        lines.append(f"{'done -> shutdown(), ' + t:34}{lat['p50']:>7.3f}ms{lat['p99']:>7.3f}ms"
-                     f"{lat['max']:>7.3f}ms")
+        lines.append(f"{'done -> shutdown(), ' + t:34}"
+                     + "".join(f"{lat[p]:>7.3f}ms" for p in ("p50", "p90", "p99", "max")))
     added = s["added_latency_ms"]
-    lines.append(f"{'added by the sidecar':34}{added['p50']:>7.3f}ms{added['p99']:>7.3f}ms")
+    lines.append(f"{'added by the sidecar':34}"
+                 + "".join(f"{added[p]:>7.3f}ms" for p in ("p50", "p90", "p99")))
     lk, sc = s["livekit"]["cpu_ms_per_call"], s["sidecar"]["cpu_ms_per_call"]
     lines.append(f"CPU per call (mean): livekit {lk['mean']:.2f} ms, sidecar {sc['mean']:.2f} ms, "
                  f"ratio {s['cpu_ratio']:.3f} (medians {lk['median']:.2f} / {sc['median']:.2f} ms)")
