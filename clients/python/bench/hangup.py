@@ -107,9 +107,9 @@ async def one_call(tool_kind: str, n: int, probe: Probe, address: str) -> Call:
         closed = asyncio.Event()
         session.on("close", lambda _ev: closed.set())
         done_before = set(probe.done_at)
-        await session.start(Agent(instructions="A benchmark agent.", tools=[tool]), record=False)
         if isinstance(tool, SidecarEndCallTool):
-            tool.attach(session)
+            tool.attach(session)  # at the session's start, as the examples do
+        await session.start(Agent(instructions="A benchmark agent.", tools=[tool]), record=False)
         await asyncio.wait_for(session.run(user_input="That's all, thank you. Bye!"), 10)
         await asyncio.wait_for(closed.wait(), 10)
         await asyncio.wait_for(job_shut_down.wait(), 10)

@@ -17,8 +17,9 @@ from recording import recording_channel
 from scripted_llm import GOODBYE, ScriptedLLM
 
 
-@pytest.mark.parametrize("attached", [False, True], ids=["from-end-call", "attached"])
-async def test_agent_session_ends_after_goodbye(sidecar, attached: bool) -> None:
+@pytest.mark.parametrize("attach", [None, "before-start", "after-start"])
+async def test_agent_session_ends_after_goodbye(sidecar, attach: str | None) -> None:
+    attached = attach is not None
     timeline: list[tuple] = []
     scripted = ScriptedLLM()
     channel, wire = recording_channel(sidecar.address)
@@ -54,10 +55,11 @@ async def test_agent_session_ends_after_goodbye(sidecar, attached: bool) -> None
             timeline.append(("close", ev.reason.value))
             closed.set()
 
+        if attach == "before-start":  # as the examples do, in the job (the fake job's room)
+            tool.attach(session)
         await session.start(Agent(instructions="You are a test agent.", tools=[tool]),
                             record=False)
-        if attached:
-            # as the examples do: right after start, in the job (LiveKit's fake job's room)
+        if attach == "after-start":
             tool.attach(session)
         # the tool took its definition from the sidecar
         assert tool.tool_definition is not None

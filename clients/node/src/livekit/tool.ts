@@ -94,7 +94,7 @@ export type SidecarEndCallToolset = llm.Toolset & {
   /** The client the tool talks to. */
   readonly client: EndCallClient;
   /**
-   * Starts following an agent session at its start (recommended: call it right after
+   * Starts following an agent session at its start (recommended: before or right after
    * `session.start(...)`). Opens the sidecar session with the tool's options and the room, and
    * holds the `WatchSession` stream from then on; speeches are reported from then on. The stream
    * is the worker's lease: a sidecar configured for it hangs the call up itself when the worker
