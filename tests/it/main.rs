@@ -14,3 +14,4 @@ mod process;
 mod security;
 mod teardown;
 mod unix_socket;
+mod versions;

@@ -125,13 +125,18 @@ class EndCallClient:
         options: SessionOptions | None = None,
         *,
         max_duration: float | None = None,
+        room: str | None = None,
         timeout: float | None = None,
     ) -> OpenSessionResult:
+        """Open a session before its first event. ``room`` is the LiveKit room the call runs
+        in: with it the sidecar can hang the call up itself when the worker is lost."""
         req = pb.OpenSessionRequest(session_id=session_id)
         if options is not None:
             req.options.CopyFrom(options.to_proto())
         if max_duration is not None:
             req.max_duration.FromTimedelta(_dt.timedelta(seconds=max_duration))
+        if room:
+            req.room = room
         r = await self._unary("OpenSession", req, timeout)
         return OpenSessionResult(SessionState(r.state), ResolvedOptions.from_proto(r.options))
 
