@@ -33,6 +33,9 @@ from .types import (
     SessionReport,
     SessionState,
     ShutdownCause,
+    Teardown,
+    TeardownCause,
+    TeardownResult,
     ToolDefinition,
     Unset,
 )
@@ -68,6 +71,9 @@ __all__ = [
     "SessionReport",
     "SessionState",
     "ShutdownCause",
+    "Teardown",
+    "TeardownCause",
+    "TeardownResult",
     "ToolDefinition",
     "SidecarEndCallTool",
 ]

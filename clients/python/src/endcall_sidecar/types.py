@@ -114,6 +114,27 @@ class Outcome(enum.IntEnum):
     CLOSED_DURING_END_CALL = pb.OUTCOME_CLOSED_DURING_END_CALL
     CLOSED_WITHOUT_END_CALL = pb.OUTCOME_CLOSED_WITHOUT_END_CALL
     EXPIRED = pb.OUTCOME_EXPIRED
+    WORKER_LOST = pb.OUTCOME_WORKER_LOST
+
+
+class TeardownCause(enum.IntEnum):
+    """Why the sidecar ended a call itself."""
+
+    UNSPECIFIED = pb.TEARDOWN_CAUSE_UNSPECIFIED
+    WORKER_LOST = pb.TEARDOWN_CAUSE_WORKER_LOST
+    CLOSE_DEADLINE = pb.TEARDOWN_CAUSE_CLOSE_DEADLINE
+
+
+class TeardownResult(enum.IntEnum):
+    """What the sidecar's teardown did; UNSPECIFIED while LiveKit is being asked."""
+
+    UNSPECIFIED = pb.TEARDOWN_RESULT_UNSPECIFIED
+    ROOM_DELETED = pb.TEARDOWN_RESULT_ROOM_DELETED
+    ROOM_ALREADY_GONE = pb.TEARDOWN_RESULT_ROOM_ALREADY_GONE
+    ROOM_KEPT = pb.TEARDOWN_RESULT_ROOM_KEPT
+    NO_ROOM = pb.TEARDOWN_RESULT_NO_ROOM
+    NOT_CONFIGURED = pb.TEARDOWN_RESULT_NOT_CONFIGURED
+    FAILED = pb.TEARDOWN_RESULT_FAILED
 
 
 def _ts(msg, has: bool = True) -> _dt.datetime | None:
@@ -315,7 +336,10 @@ class SessionReport:
     timeline: tuple[TimelineEntry, ...]
     timeline_dropped: int
     directives: tuple[Directive, ...]
-    raw: pb.SessionReport = field(repr=False, compare=False)
+    room: str = ""
+    attended: bool = False
+    teardown: "Teardown | None" = None
+    raw: pb.SessionReport = field(default_factory=pb.SessionReport, repr=False, compare=False)
 
     @classmethod
     def from_proto(cls, m: pb.SessionReport) -> "SessionReport":
@@ -344,7 +368,33 @@ class SessionReport:
             timeline=tuple(timeline),
             timeline_dropped=m.timeline_dropped,
             directives=tuple(Directive.from_proto(d) for d in m.directives),
+            room=m.room,
+            attended=m.attended,
+            teardown=Teardown.from_proto(m.teardown) if m.HasField("teardown") else None,
             raw=m,
+        )
+
+
+@dataclass(frozen=True)
+class Teardown:
+    """The sidecar ending a call itself because its worker could not."""
+
+    cause: TeardownCause
+    decided_at: _dt.datetime | None
+    result: TeardownResult
+    attempts: int
+    finished_at: _dt.datetime | None
+    error: str
+
+    @classmethod
+    def from_proto(cls, m: pb.Teardown) -> "Teardown":
+        return cls(
+            cause=_enum(TeardownCause, m.cause),
+            decided_at=_ts(m.decided_at, m.HasField("decided_at")),
+            result=_enum(TeardownResult, m.result),
+            attempts=m.attempts,
+            finished_at=_ts(m.finished_at, m.HasField("finished_at")),
+            error=m.error,
         )
 
 
