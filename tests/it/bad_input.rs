@@ -146,6 +146,7 @@ async fn malformed_options_are_invalid() {
             session_id: "mo".into(),
             options: Some(options),
             max_duration: None,
+            ..Default::default()
         };
         assert_status(c.open_session(request).await, Code::InvalidArgument, field);
     }
@@ -156,6 +157,7 @@ async fn malformed_options_are_invalid() {
             seconds: 0,
             nanos: 0,
         }),
+        ..Default::default()
     };
     assert_status(
         c.open_session(request).await,

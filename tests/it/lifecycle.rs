@@ -465,6 +465,7 @@ async fn max_call_duration_winds_up_then_shuts_down() {
                 seconds: 0,
                 nanos: 200_000_000,
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
