@@ -34,8 +34,11 @@ impl InProcess {
         let cli = Cli::try_parse_from(program.chain(args.into_iter().map(Into::into)))
             .map_err(|err| err.to_string())?;
         let config = Config::from(&cli.serve);
-        let registry = Registry::start(config.registry, ProcessHooks::wiring(TimerThread::Shared))
-            .map_err(|err| format!("cannot start the timer task: {err}"))?;
+        let registry = Registry::start(
+            config.registry,
+            ProcessHooks::wiring(TimerThread::Shared, None),
+        )
+        .map_err(|err| format!("cannot start the timer task: {err}"))?;
         let service = EndCallApi::new(
             Arc::clone(&registry),
             config.wind_up_instructions,

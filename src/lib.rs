@@ -6,6 +6,8 @@
 //! - `telemetry`: logs, metrics and the report thread.
 //! - `sessions`: the registry of live sessions (ordering, timers, expiry, limits), the
 //!   journal and the clock.
+//! - `outbound`, `webhooks`: the outbound HTTP client, and the delivery of each ended
+//!   session's report to the operator's webhook receiver (queue, store, signing).
 //! - `grpc`: the service, the proto-to-domain conversion, codec, errors, limits, auth, TLS.
 //! - `app`: configuration, the server and its drain, the runtime, the probe.
 //!
@@ -15,11 +17,13 @@
 mod app;
 mod grpc;
 mod in_process;
-// No caller yet: LiveKit's teardown (issue 22) and webhook deliveries (issue 24) send through it.
+// Webhook deliveries send through it; its parts for LiveKit's teardown (issue 22) have no
+// caller yet.
 #[allow(dead_code, unused_imports)]
 mod outbound;
 mod sessions;
 pub mod telemetry;
+mod webhooks;
 
 pub use app::{
     config::{Cli, Command, Config, ListenAddr},

@@ -15,6 +15,7 @@ use crate::{
     grpc::tls::{ClientTlsArgs, TlsArgs},
     sessions::journal::JournalSettings,
     sessions::registry::Settings,
+    webhooks::WebhookArgs,
 };
 use endcall_core::{
     domain::{Options, MAX_REPLY_TIMEOUT},
@@ -185,6 +186,10 @@ pub struct ServeArgs {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+
+    // Post-call webhooks (src/webhooks): off unless --webhook-url is set.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 }
 
 /// A gRPC listen (or connect) address.
@@ -253,6 +258,8 @@ pub struct Config {
     /// Read and checked when serving starts (`server::serve`), not here: this stays infallible.
     pub auth: AuthArgs,
     pub tls: TlsArgs,
+    /// Read and checked when serving starts, as `auth` and `tls` are.
+    pub webhooks: WebhookArgs,
 }
 
 impl From<&ServeArgs> for Config {
@@ -294,6 +301,7 @@ impl From<&ServeArgs> for Config {
             }),
             auth: args.auth.clone(),
             tls: args.tls.clone(),
+            webhooks: args.webhooks.clone(),
         }
     }
 }

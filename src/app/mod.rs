@@ -19,6 +19,7 @@ use self::{
 use crate::{
     grpc::{auth, tls},
     telemetry,
+    webhooks::{self, WebhookConfigError},
 };
 
 /// The binary, from its command line to its exit code: serves, or runs the probe.
@@ -30,6 +31,14 @@ pub async fn run() -> ExitCode {
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
                 auth::AuthError::OnCommandLine,
+            )
+            .exit();
+    }
+    if webhooks::config::secret_on_command_line(&matches) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                WebhookConfigError::OnCommandLine,
             )
             .exit();
     }
@@ -48,7 +57,8 @@ async fn serve(config: Config, cli: &Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A bad token or certificate fails before the address is announced (serve reads them again).
+    // A bad token, certificate or webhook secret fails before the address is announced (serve
+    // reads them again).
     if let Err(err) = check_security(&config) {
         error!("{err}");
         return ExitCode::from(2);
@@ -94,5 +104,6 @@ async fn serve(config: Config, cli: &Cli) -> ExitCode {
 fn check_security(config: &Config) -> Result<(), String> {
     auth::Policy::load(&config.auth).map_err(|e| e.to_string())?;
     tls::configure(tonic::transport::Server::builder(), &config.tls).map_err(|e| e.to_string())?;
+    webhooks::Settings::load(&config.webhooks).map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -32,6 +32,16 @@ const RUNTIME_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 const RPC_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
+/// Webhook deliveries, from queued to delivered: milliseconds when the receiver is up, up to
+/// the default retry window (a day) when it was not.
+const WEBHOOK_DELIVERY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+    21_600.0, 86_400.0,
+];
+/// One webhook request: a local receiver's milliseconds up to the default timeout (15 s).
+const WEBHOOK_ATTEMPT_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
+];
 /// Goodbyes: from an instant pipeline shutdown to the playout guard and beyond.
 const GOODBYE_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0];
 
@@ -42,6 +52,14 @@ pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
         .set_buckets_for_metric(Matcher::Full(RPC_DURATION.into()), RPC_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(END_CALL_TO_SHUTDOWN.into()), GOODBYE_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(JOURNAL_SYNC.into()), RPC_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(WEBHOOK_DELIVERY.into()),
+            WEBHOOK_DELIVERY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(WEBHOOK_ATTEMPT.into()),
+            WEBHOOK_ATTEMPT_BUCKETS,
+        )?
         .build()?;
     metrics::set_global_recorder(recorder).map_err(BuildError::FailedToSetGlobalRecorder)?;
     tokio::spawn(exporter);
@@ -183,6 +201,28 @@ fn describe() {
         JOURNAL_RECORDS,
         "State journal (--state-dir): records made durable."
     );
+    describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Webhook deliveries by result: delivered, retried (an attempt failed and is retried), gave_up (--webhook-retry-for passed), gone (the receiver answered 410), dropped (--webhook-queue full, memory mode), lost (pending at the end of the drain, memory mode)."
+    );
+    describe_histogram!(
+        WEBHOOK_DELIVERY,
+        Unit::Seconds,
+        "Webhook deliveries: time from the event being queued (the session's end) to its 2xx answer."
+    );
+    describe_histogram!(
+        WEBHOOK_ATTEMPT,
+        Unit::Seconds,
+        "Webhook attempts: time of one request, from sending to the answer or the failure."
+    );
+    describe_gauge!(
+        WEBHOOK_QUEUE,
+        "Webhook deliveries pending: queued and not yet delivered, given up, gone or dropped."
+    );
+    describe_gauge!(
+        WEBHOOK_OLDEST,
+        "Age of the oldest webhook delivery pending, sampled every second."
+    );
     describe_gauge!(
         ALIVE_TASKS,
         "Tasks alive in the async runtime (connections, streams, timers), sampled every second."
@@ -304,4 +344,45 @@ pub const JOURNAL_RECORDS: &str = "endcall_journal_records_total";
 pub fn journal_sync(elapsed: Duration, records: usize) {
     histogram!(JOURNAL_SYNC).record(elapsed.as_secs_f64());
     counter!(JOURNAL_RECORDS).increment(records as u64);
+}
+
+pub const WEBHOOK_DELIVERIES: &str = "endcall_webhook_deliveries_total";
+pub const WEBHOOK_DELIVERY: &str = "endcall_webhook_delivery_seconds";
+pub const WEBHOOK_ATTEMPT: &str = "endcall_webhook_attempt_seconds";
+pub const WEBHOOK_QUEUE: &str = "endcall_webhook_queue_depth";
+pub const WEBHOOK_OLDEST: &str = "endcall_webhook_oldest_pending_seconds";
+
+/// The results of `endcall_webhook_deliveries_total`.
+const WEBHOOK_RESULTS: [&str; 6] = ["delivered", "retried", "gave_up", "gone", "dropped", "lost"];
+
+/// Publishes the webhook series at 0: called when webhooks are turned on (a sidecar without
+/// them shows none).
+pub fn webhooks_zero() {
+    for result in WEBHOOK_RESULTS {
+        counter!(WEBHOOK_DELIVERIES, "result" => result).absolute(0);
+    }
+    gauge!(WEBHOOK_QUEUE).set(0.0);
+    gauge!(WEBHOOK_OLDEST).set(0.0);
+}
+
+/// `n` deliveries ended (or an attempt was retried) with `result`.
+pub fn webhook_deliveries(result: &'static str, n: u64) {
+    counter!(WEBHOOK_DELIVERIES, "result" => result).increment(n);
+}
+
+/// A delivery got its 2xx answer, `waited` after it was queued.
+pub fn webhook_delivered(waited: Duration) {
+    counter!(WEBHOOK_DELIVERIES, "result" => "delivered").increment(1);
+    histogram!(WEBHOOK_DELIVERY).record(waited.as_secs_f64());
+}
+
+/// One request, answered or not.
+pub fn webhook_attempt(took: Duration) {
+    histogram!(WEBHOOK_ATTEMPT).record(took.as_secs_f64());
+}
+
+/// The queue's gauges: pending deliveries, and the age of the oldest.
+pub fn webhook_queue(pending: usize, oldest: Duration) {
+    gauge!(WEBHOOK_QUEUE).set(pending as f64);
+    gauge!(WEBHOOK_OLDEST).set(oldest.as_secs_f64());
 }

@@ -85,6 +85,10 @@ impl Registry {
                 published: u32::try_from(session.last_seq()).unwrap_or(u32::MAX),
                 session,
             });
+            if entry.session.is_closed() && self.hooks.wants_restored_reports() {
+                self.hooks
+                    .session_restored_ended(Report::of(&id, &entry.session));
+            }
             let retention_over = entry
                 .session
                 .closed_at()
