@@ -21,9 +21,12 @@ def sidecar_bin() -> Path:
 
 
 class Sidecar:
-    """A running endcall-sidecar. ``address`` is what it printed on stdout."""
+    """A running endcall-sidecar. ``address`` is what it printed on stdout. ``env`` adds
+    variables (the caller's own ``ENDCALL_*`` ones are never passed on)."""
 
-    def __init__(self, *args: str, listen: str = "127.0.0.1:0") -> None:
+    def __init__(
+        self, *args: str, listen: str = "127.0.0.1:0", env: dict[str, str] | None = None
+    ) -> None:
         binary = sidecar_bin()
         if not binary.exists():
             pytest.fail(
@@ -32,8 +35,10 @@ class Sidecar:
                 pytrace=False,
             )
         self.log = tempfile.NamedTemporaryFile(prefix="endcall-sidecar-", suffix=".log", delete=False)
+        extra = env or {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENDCALL_")}
         env.pop("RUST_LOG", None)
+        env.update(extra)
         self.args = [str(binary), "--listen", listen, "--log-level", "warn", *args]
         self.proc = subprocess.Popen(
             self.args, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL, env=env
@@ -94,8 +99,10 @@ def start_sidecar() -> Iterator:
     """Factory for a sidecar of the test's own (stopped at the end of the test)."""
     started: list[Sidecar] = []
 
-    def start(*args: str, listen: str = "127.0.0.1:0") -> Sidecar:
-        s = Sidecar(*args, listen=listen)
+    def start(
+        *args: str, listen: str = "127.0.0.1:0", env: dict[str, str] | None = None
+    ) -> Sidecar:
+        s = Sidecar(*args, listen=listen, env=env)
         started.append(s)
         return s
 
