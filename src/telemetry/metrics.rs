@@ -355,34 +355,65 @@ pub const WEBHOOK_OLDEST: &str = "endcall_webhook_oldest_pending_seconds";
 /// The results of `endcall_webhook_deliveries_total`.
 const WEBHOOK_RESULTS: [&str; 6] = ["delivered", "retried", "gave_up", "gone", "dropped", "lost"];
 
-/// Publishes the webhook series at 0: called when webhooks are turned on (a sidecar without
-/// them shows none).
-pub fn webhooks_zero() {
-    for result in WEBHOOK_RESULTS {
-        counter!(WEBHOOK_DELIVERIES, "result" => result).absolute(0);
-    }
-    gauge!(WEBHOOK_QUEUE).set(0.0);
-    gauge!(WEBHOOK_OLDEST).set(0.0);
+/// The webhook series, registered once when webhooks start (as `HANDLES` are for the RPCs'),
+/// so that recording one per delivery is an index, not a lookup by labels.
+static WEBHOOK_HANDLES: OnceLock<WebhookHandles> = OnceLock::new();
+
+struct WebhookHandles {
+    results: [Counter; WEBHOOK_RESULTS.len()],
+    delivery: Histogram,
+    attempt: Histogram,
+    queue: Gauge,
+    oldest: Gauge,
 }
 
-/// `n` deliveries ended (or an attempt was retried) with `result`.
+/// Registers the webhook series and publishes them at 0: called when webhooks are turned on
+/// (a sidecar without them shows none).
+pub fn webhooks_zero() {
+    let handles = WEBHOOK_HANDLES.get_or_init(|| WebhookHandles {
+        results: WEBHOOK_RESULTS.map(|result| counter!(WEBHOOK_DELIVERIES, "result" => result)),
+        delivery: histogram!(WEBHOOK_DELIVERY),
+        attempt: histogram!(WEBHOOK_ATTEMPT),
+        queue: gauge!(WEBHOOK_QUEUE),
+        oldest: gauge!(WEBHOOK_OLDEST),
+    });
+    for counter in &handles.results {
+        counter.absolute(0);
+    }
+    handles.queue.set(0.0);
+    handles.oldest.set(0.0);
+}
+
+/// `n` deliveries ended (or attempts were retried) with `result`, one of `WEBHOOK_RESULTS`.
 pub fn webhook_deliveries(result: &'static str, n: u64) {
-    counter!(WEBHOOK_DELIVERIES, "result" => result).increment(n);
+    let Some(handles) = WEBHOOK_HANDLES.get() else {
+        return;
+    };
+    match WEBHOOK_RESULTS.iter().position(|r| *r == result) {
+        Some(index) => handles.results[index].increment(n),
+        None => counter!(WEBHOOK_DELIVERIES, "result" => result).increment(n),
+    }
 }
 
 /// A delivery got its 2xx answer, `waited` after it was queued.
 pub fn webhook_delivered(waited: Duration) {
-    counter!(WEBHOOK_DELIVERIES, "result" => "delivered").increment(1);
-    histogram!(WEBHOOK_DELIVERY).record(waited.as_secs_f64());
+    if let Some(handles) = WEBHOOK_HANDLES.get() {
+        handles.results[0].increment(1);
+        handles.delivery.record(waited.as_secs_f64());
+    }
 }
 
 /// One request, answered or not.
 pub fn webhook_attempt(took: Duration) {
-    histogram!(WEBHOOK_ATTEMPT).record(took.as_secs_f64());
+    if let Some(handles) = WEBHOOK_HANDLES.get() {
+        handles.attempt.record(took.as_secs_f64());
+    }
 }
 
 /// The queue's gauges: pending deliveries, and the age of the oldest.
 pub fn webhook_queue(pending: usize, oldest: Duration) {
-    gauge!(WEBHOOK_QUEUE).set(pending as f64);
-    gauge!(WEBHOOK_OLDEST).set(oldest.as_secs_f64());
+    if let Some(handles) = WEBHOOK_HANDLES.get() {
+        handles.queue.set(pending as f64);
+        handles.oldest.set(oldest.as_secs_f64());
+    }
 }

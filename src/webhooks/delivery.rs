@@ -1,8 +1,9 @@
 //! The delivery task: sends each delivery, retries what fails, and reports how each ended.
 //!
 //! One tokio task holds every delivery in memory (with a store, at most `--webhook-queue` of
-//! them; the intake thread keeps the rest on disk). Each attempt runs as a task of its own in
-//! a `JoinSet`, at most `--webhook-concurrency` at once, bounded by `--webhook-timeout`
+//! them; the intake thread keeps the rest on disk). Its attempts run inside it, as futures in
+//! a `FuturesUnordered` (a task spawned per attempt cost a spawn and a cross-task wake more
+//! per delivery), at most `--webhook-concurrency` at once, each bounded by `--webhook-timeout`
 //! (`HttpClient::post` bounds connect, TLS, request and answer together). A failed attempt
 //! waits in a `DelayQueue` for its retry.
 //!
@@ -20,7 +21,8 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    future::poll_fn,
+    future::{poll_fn, Future},
+    pin::Pin,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -29,8 +31,9 @@ use std::{
 };
 
 use crossbeam_channel::Sender;
+use futures_util::{stream::FuturesUnordered, StreamExt as _};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use tokio::{sync::mpsc::UnboundedReceiver, task::JoinSet};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::{sync::CancellationToken, time::DelayQueue};
 use tracing::{debug, error, warn};
 
@@ -69,7 +72,7 @@ pub(super) struct Task {
     client: HttpClient,
     policy: RetryPolicy,
     jitter: Jitter,
-    deliveries: UnboundedReceiver<Delivery>,
+    deliveries: UnboundedReceiver<Vec<Delivery>>,
     intake: Sender<Msg>,
     pending: Arc<AtomicUsize>,
     durable: bool,
@@ -80,7 +83,7 @@ impl Task {
     pub(super) fn new(
         settings: Arc<Settings>,
         client: HttpClient,
-        deliveries: UnboundedReceiver<Delivery>,
+        deliveries: UnboundedReceiver<Vec<Delivery>>,
         intake: Sender<Msg>,
         pending: Arc<AtomicUsize>,
         durable: bool,
@@ -108,7 +111,8 @@ impl Task {
         let mut slots: HashMap<Arc<str>, Slot> = HashMap::new();
         let mut ready: VecDeque<Arc<str>> = VecDeque::new();
         let mut later: DelayQueue<Arc<str>> = DelayQueue::new();
-        let mut in_flight: JoinSet<Attempted> = JoinSet::new();
+        let mut in_flight: FuturesUnordered<Pin<Box<dyn Future<Output = Attempted> + Send>>> =
+            FuturesUnordered::new();
         let mut sample = tokio::time::interval(SAMPLE_EVERY);
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut intake_open = true;
@@ -117,14 +121,13 @@ impl Task {
                 let Some(id) = ready.pop_front() else { break };
                 if let Some(slot) = slots.get_mut(&id) {
                     slot.attempts = slot.attempts.saturating_add(1);
-                    in_flight.spawn(self.attempt(&slot.delivery));
+                    in_flight.push(Box::pin(self.attempt(&slot.delivery)));
                 }
             }
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
-                Some(attempted) = in_flight.join_next(), if !in_flight.is_empty() => {
-                    let Ok(attempted) = attempted else { continue };
+                Some(attempted) = in_flight.next(), if !in_flight.is_empty() => {
                     if let Some((id, wait)) = self.settle(&mut slots, attempted) {
                         later.insert(id, wait);
                     }
@@ -133,11 +136,13 @@ impl Task {
                     ready.push_back(due.into_inner());
                 }
                 received = self.deliveries.recv(), if intake_open => match received {
-                    Some(delivery) => {
-                        let id = Arc::clone(&delivery.id);
-                        if !slots.contains_key(&id) {
-                            slots.insert(Arc::clone(&id), Slot { delivery, attempts: 0 });
-                            ready.push_back(id);
+                    Some(batch) => {
+                        for delivery in batch {
+                            let id = Arc::clone(&delivery.id);
+                            if !slots.contains_key(&id) {
+                                slots.insert(Arc::clone(&id), Slot { delivery, attempts: 0 });
+                                ready.push_back(id);
+                            }
                         }
                     }
                     None => intake_open = false,
@@ -145,12 +150,13 @@ impl Task {
                 _ = sample.tick() => self.sample(&slots),
             }
         }
-        in_flight.abort_all();
+        // Attempts in flight are dropped, which abandons their requests.
+        drop(in_flight);
         slots.len()
     }
 
-    /// One attempt, as a task of its own: signed now, sent, timed.
-    fn attempt(&self, delivery: &Delivery) -> impl std::future::Future<Output = Attempted> {
+    /// One attempt: signed now, sent, timed.
+    fn attempt(&self, delivery: &Delivery) -> impl Future<Output = Attempted> + Send + 'static {
         let timestamp = unix_seconds(time_of(SystemTime::now()));
         let signature = self
             .settings
