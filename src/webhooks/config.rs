@@ -19,7 +19,7 @@ pub(crate) const SECRET_VARIABLE: &str = "ENDCALL_WEBHOOK_SECRET";
 #[derive(Clone, Args)]
 pub struct WebhookArgs {
     /// Deliver every ended session's report to this URL (http:// or https://) as a signed
-    /// Standard Webhooks `call.ended` event. Off unless set.
+    /// Standard Webhooks `call.ended` event. Off unless set (an empty value is off too).
     #[arg(long, env = "ENDCALL_WEBHOOK_URL", value_name = "URL")]
     pub webhook_url: Option<String>,
 
@@ -133,10 +133,16 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    /// What the flags ask for: `None` when no URL is set (webhooks off; a secret alone is
-    /// not read). Reads the secret file.
+    /// What the flags ask for: `None` when no URL is set, or an empty one (webhooks off; a
+    /// secret alone is not read: a deployment may pass an optional Secret's empty value).
+    /// Reads the secret file.
     pub(crate) fn load(args: &WebhookArgs) -> Result<Option<Settings>, WebhookConfigError> {
-        let Some(url) = &args.webhook_url else {
+        let Some(url) = args
+            .webhook_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+        else {
             return Ok(None);
         };
         let url = check_url(url)?;
@@ -235,6 +241,10 @@ mod tests {
     fn off_without_a_url_even_with_a_secret() {
         assert!(load(&[], Some(SECRET)).unwrap().is_none());
         assert!(load(&[], Some("not a secret")).unwrap().is_none());
+        assert!(load(&["--webhook-url", ""], Some("not a secret"))
+            .unwrap()
+            .is_none());
+        assert!(load(&["--webhook-url", " "], None).unwrap().is_none());
     }
 
     #[test]
