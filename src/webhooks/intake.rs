@@ -62,7 +62,8 @@ pub(super) enum Msg {
 /// The store and what this thread knows of it.
 struct Durable {
     store: Store,
-    /// The ids the store held at start, until the restored sessions have been offered.
+    /// The ids the store held at start, until the restored sessions have been offered; `None`
+    /// for a store just created (webhooks were off before: nothing to make up for).
     known: Option<HashSet<Arc<str>>>,
     /// Deliveries handed to the task and not yet done: at most `--webhook-queue`.
     handed: HashSet<Arc<str>>,
@@ -98,14 +99,16 @@ impl Intake {
         if let Some((store, recovered)) = opened {
             let mut durable = Durable {
                 store,
-                known: Some(recovered.known),
+                known: (!recovered.fresh).then_some(recovered.known),
                 handed: HashSet::new(),
                 on_disk: recovered.pending.total,
             };
             for delivery in &recovered.pending.deliveries {
                 durable.handed.insert(Arc::clone(&delivery.id));
             }
-            let _ = intake.to_task.send(recovered.pending.deliveries);
+            if !recovered.pending.deliveries.is_empty() {
+                let _ = intake.to_task.send(recovered.pending.deliveries);
+            }
             intake.pending.store(durable.on_disk, Ordering::Relaxed);
             intake.durable = Some(durable);
         }
@@ -235,4 +238,135 @@ pub(super) fn spawn(mut intake: Intake) -> std::io::Result<Sender<Msg>> {
         .name("endcall-webhooks".into())
         .spawn(move || intake.run(&rx))?;
     Ok(tx)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use endcall_core::{
+        domain::{Options, SessionId, Time},
+        machine::Session,
+    };
+
+    use super::*;
+    use crate::webhooks::{signing::Secret, store::StoreSettings};
+
+    fn settings() -> Arc<Settings> {
+        Arc::new(Settings {
+            url: "http://127.0.0.1:9/hook".parse().unwrap(),
+            secret: Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
+            include_error_message: false,
+            retry_for: Duration::from_secs(60),
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            concurrency: 1,
+            queue: 10,
+        })
+    }
+
+    fn store_settings(dir: &std::path::Path) -> StoreSettings {
+        StoreSettings {
+            state_dir: dir.to_owned(),
+            segment_bytes: 1 << 20,
+            keep_done_for: Duration::from_secs(60),
+        }
+    }
+
+    fn ended(id: &str) -> Report {
+        let session = Session::new(Arc::new(Options::default()), Time::from_micros(7));
+        Report::of(&SessionId::new(id), &session)
+    }
+
+    fn flush(intake: &Sender<Msg>) {
+        let (done, flushed) = crossbeam_channel::bounded(1);
+        intake.send(Msg::Flush(done)).unwrap();
+        flushed.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+
+    fn sessions(batch: &[Delivery]) -> Vec<String> {
+        batch.iter().map(|d| d.session_id.to_string()).collect()
+    }
+
+    /// At start, a restored session whose event the store knows is left alone (it is pending, or
+    /// was delivered); one it does not know is queued, journaled, and handed on. Once the restore
+    /// is done, nothing more is made up for.
+    #[test]
+    fn restored_sessions_are_queued_only_when_the_store_does_not_know_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = |dir: &std::path::Path| {
+            let (to_task, from_intake) = tokio::sync::mpsc::unbounded_channel();
+            let opened = Store::open(&store_settings(dir), 10).unwrap();
+            let intake = spawn(Intake::new(
+                settings(),
+                Some(opened),
+                to_task,
+                Arc::default(),
+                CancellationToken::new(),
+            ))
+            .unwrap();
+            (intake, from_intake)
+        };
+        // Ends a life: its thread (and its store, and the store's compaction) is gone once
+        // what it hands on is closed.
+        let end = |intake: Sender<Msg>,
+                   mut from_intake: tokio::sync::mpsc::UnboundedReceiver<_>| {
+            drop(intake);
+            while from_intake.blocking_recv().is_some() {}
+        };
+        // A first life: "known" is queued (and never sent: no task runs).
+        let (intake, mut from_intake) = start(dir.path());
+        intake.send(Msg::Ended(Box::new(ended("known")))).unwrap();
+        flush(&intake);
+        assert_eq!(sessions(&from_intake.try_recv().unwrap()), ["known"]);
+        end(intake, from_intake);
+
+        // The restart: "known" comes back pending; "lost" was never queued.
+        let (intake, mut from_intake) = start(dir.path());
+        assert_eq!(sessions(&from_intake.try_recv().unwrap()), ["known"]);
+        intake
+            .send(Msg::Restored(Box::new(ended("known"))))
+            .unwrap();
+        intake.send(Msg::Restored(Box::new(ended("lost")))).unwrap();
+        intake.send(Msg::RestoreDone).unwrap();
+        intake.send(Msg::Restored(Box::new(ended("late")))).unwrap();
+        flush(&intake);
+        let handed: Vec<String> = std::iter::from_fn(|| from_intake.try_recv().ok())
+            .flat_map(|batch| sessions(&batch))
+            .collect();
+        assert_eq!(handed, ["lost"]);
+        end(intake, from_intake);
+
+        // "lost" is on disk now, beside "known".
+        let (_, recovered) = Store::open(&store_settings(dir.path()), 10).unwrap();
+        let mut pending: Vec<String> = sessions(&recovered.pending.deliveries);
+        pending.sort();
+        assert_eq!(pending, ["known", "lost"]);
+    }
+
+    /// A store just created (webhooks newly turned on) makes up for nothing.
+    #[test]
+    fn a_new_store_queues_no_restored_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let (to_task, mut from_intake) = tokio::sync::mpsc::unbounded_channel();
+        let opened = Store::open(&store_settings(dir.path()), 10).unwrap();
+        assert!(opened.1.fresh);
+        let intake = spawn(Intake::new(
+            settings(),
+            Some(opened),
+            to_task,
+            Arc::default(),
+            CancellationToken::new(),
+        ))
+        .unwrap();
+        intake
+            .send(Msg::Restored(Box::new(ended("before"))))
+            .unwrap();
+        flush(&intake);
+        let handed: Vec<String> = std::iter::from_fn(|| from_intake.try_recv().ok())
+            .flat_map(|batch| sessions(&batch))
+            .collect();
+        assert!(handed.is_empty(), "{handed:?}");
+    }
 }

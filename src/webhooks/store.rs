@@ -155,6 +155,9 @@ pub(crate) struct Recovered {
     pub known: HashSet<Arc<str>>,
     /// One line per damaged segment, repaired.
     pub damage: Vec<String>,
+    /// The store's directory did not exist: webhooks were just turned on, so no event of a
+    /// session that ended before can have been lost, and none is queued for one.
+    pub fresh: bool,
 }
 
 /// The open store: appends on the intake thread, compaction on a thread of its own.
@@ -165,6 +168,8 @@ pub(crate) struct Store {
     written: u64,
     segment_bytes: u64,
     compactor: mpsc::Sender<u64>,
+    /// Joined when the store is dropped, so that nothing rewrites the directory after.
+    compacting: Option<std::thread::JoinHandle<()>>,
     /// Held by a compaction and by a read of the pending deliveries: a compaction renames and
     /// removes segments, and a read in the middle of it could miss some.
     rewriting: Arc<Mutex<()>>,
@@ -183,6 +188,7 @@ impl Store {
             dir: dir.clone(),
             source,
         };
+        let fresh = !dir.exists();
         // Owner only: bodies hold the reports (session ids, timelines).
         fs::DirBuilder::new()
             .recursive(true)
@@ -209,7 +215,7 @@ impl Store {
         let keep_done_for = settings.keep_done_for;
         let rewriting = Arc::new(Mutex::new(()));
         let held = Arc::clone(&rewriting);
-        let compactor = compact::spawn(
+        let (compactor, compacting) = compact::spawn(
             dir.clone(),
             "endcall-webhook-compact",
             "webhook store",
@@ -233,6 +239,7 @@ impl Store {
             written: MAGIC.len() as u64,
             segment_bytes: settings.segment_bytes,
             compactor,
+            compacting: Some(compacting),
             rewriting,
         };
         Ok((
@@ -241,6 +248,7 @@ impl Store {
                 pending,
                 known,
                 damage,
+                fresh,
             },
         ))
     }
@@ -278,6 +286,16 @@ impl Store {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         read_pending(&self.dir, skip, max, None)
+    }
+}
+
+impl Drop for Store {
+    /// Stops the compaction thread, after the compaction under way if any.
+    fn drop(&mut self) {
+        drop(std::mem::replace(&mut self.compactor, mpsc::channel().0));
+        if let Some(thread) = self.compacting.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -397,6 +415,7 @@ mod tests {
     fn pending_deliveries_come_back_in_order_after_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, recovered) = Store::open(&settings(dir.path()), 10).unwrap();
+        assert!(recovered.fresh);
         assert_eq!(recovered.pending.total, 0);
         let queued: Vec<_> = (0..4).map(|n| StoreRecord::queued(&delivery(n))).collect();
         store.append(&framed(&queued)).unwrap();
@@ -410,6 +429,7 @@ mod tests {
         drop(store);
 
         let (store, recovered) = Store::open(&settings(dir.path()), 10).unwrap();
+        assert!(!recovered.fresh);
         assert_eq!(ids(&recovered.pending), ["msg_0", "msg_2", "msg_3"]);
         assert_eq!(recovered.pending.total, 3);
         assert_eq!(recovered.pending.deliveries[1].body, delivery(2).body);

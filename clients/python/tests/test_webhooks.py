@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Sidecar, sidecar_bin
+from conftest import REPO, Sidecar, sidecar_bin
 from endcall_sidecar import CloseReason, EndCallClient
 from webhook_receiver import SECRET, Receiver, always_ok, session_of
 
@@ -50,6 +50,14 @@ async def whole_call(c: EndCallClient, session: str, **close: object) -> None:
     await c.end_call(session, "goodbye")
     await c.on_speech_done(session, "goodbye")
     await c.on_session_close(session, CloseReason.USER_INITIATED, **close)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Throwaway certificates (scripts/test-pki): ca.pem signs server.pem (localhost)."""
+    out = tmp_path_factory.mktemp("pki")
+    subprocess.run([str(REPO / "scripts" / "test-pki"), str(out)], check=True)
+    return out
 
 
 @pytest.fixture
@@ -291,3 +299,29 @@ async def test_without_state_dir_the_queue_is_bounded_and_drops_are_counted(star
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
     assert re.search(r'endcall_webhook_deliveries_total\{result="dropped"\} 5\b', text), text
     assert "webhook queue full" in log_of(s)
+
+
+async def test_https_trusts_the_cas_ssl_cert_file_names_and_no_other(start_sidecar, receiver, pki):
+    rx = receiver(tls=(str(pki / "server.pem"), str(pki / "server.key")))
+    trusted, untrusted = sid("https"), sid("untrusted")
+    # The receiver's CA is the one SSL_CERT_FILE names: delivered over TLS.
+    s = start_sidecar(
+        "--webhook-url", rx.url, *FAST_RETRIES, env={**ENV, "SSL_CERT_FILE": str(pki / "ca.pem")}
+    )
+    async with EndCallClient(s.address) as c:
+        await c.on_session_close(trusted, CloseReason.USER_INITIATED)
+    got = rx.wait_until(lambda r: len(r) >= 1, timeout=10)
+    assert [session_of(x) for x in got] == [trusted]
+    # Another CA: the handshake fails, so nothing arrives, and the failure is logged.
+    s2 = start_sidecar(
+        "--webhook-url", rx.url, *FAST_RETRIES,
+        env={**ENV, "SSL_CERT_FILE": str(pki / "client-ca.pem")},
+    )
+    async with EndCallClient(s2.address) as c:
+        await c.on_session_close(untrusted, CloseReason.USER_INITIATED)
+    deadline = time.monotonic() + 10
+    while "webhook attempts failing" not in log_of(s2):
+        assert time.monotonic() < deadline, log_of(s2)
+        time.sleep(0.05)
+    assert "TLS" in log_of(s2), log_of(s2)
+    assert [session_of(x) for x in rx.snapshot()] == [trusted]

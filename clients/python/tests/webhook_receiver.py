@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -41,9 +42,17 @@ def always_ok(_: int) -> tuple[int, float]:
 
 
 class Receiver:
-    """Serves ``POST /hook`` on ``port`` (0: any free port) until ``close()``."""
+    """Serves ``POST /hook`` on ``port`` (0: any free port) until ``close()``; over TLS with
+    ``tls=(certificate, key)`` (PEM files), as ``https://localhost:PORT/hook``."""
 
-    def __init__(self, secret: str = SECRET, *, port: int = 0, answer: Answer = always_ok):
+    def __init__(
+        self,
+        secret: str = SECRET,
+        *,
+        port: int = 0,
+        answer: Answer = always_ok,
+        tls: tuple[str, str] | None = None,
+    ):
         self.verifier = standardwebhooks.Webhook(secret)
         self.answer = answer
         self.received: list[Received] = []
@@ -67,6 +76,11 @@ class Receiver:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/hook"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://localhost:{self.port}/hook"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 

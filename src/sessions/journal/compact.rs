@@ -44,15 +44,16 @@ pub(crate) fn remove_leftovers(dir: &Path) -> io::Result<()> {
 }
 
 /// Starts a compaction thread named `name`; send it a segment number to run `compact` over
-/// every segment up to it. `what` names the store in its error line.
+/// every segment up to it. `what` names the store in its error line. The thread ends once the
+/// sender is dropped and the compaction under way, if any, is done.
 pub(crate) fn spawn(
     dir: PathBuf,
     name: &str,
     what: &'static str,
     compact: impl Fn(&Path, u64) -> io::Result<()> + Send + 'static,
-) -> io::Result<mpsc::Sender<u64>> {
+) -> io::Result<(mpsc::Sender<u64>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel::<u64>();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             while let Ok(mut up_to) = rx.recv() {
@@ -66,7 +67,7 @@ pub(crate) fn spawn(
                 }
             }
         })?;
-    Ok(tx)
+    Ok((tx, thread))
 }
 
 /// Rewrites the session journal's segments numbered up to `up_to` into one, without dropped

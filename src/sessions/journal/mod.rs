@@ -124,7 +124,8 @@ impl Opened {
     /// recovered. `publish` runs on the writer thread after each fsync.
     pub fn start(self, publish: Publish) -> io::Result<Journal> {
         let failed = CancellationToken::new();
-        let compactor = compact::spawn(
+        // The thread stops with the process.
+        let (compactor, _) = compact::spawn(
             self.settings.dir.clone(),
             "endcall-compact",
             "state journal",
