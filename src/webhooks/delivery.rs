@@ -38,7 +38,7 @@ use tokio_util::{sync::CancellationToken, time::DelayQueue};
 use tracing::{debug, error, warn};
 
 use super::{
-    event::time_of, intake::Msg, signing::unix_seconds, store::Ending, Delivery, Settings,
+    event::time_of, intake::Msg, signing::unix_seconds, store::Ending, Delivery, DropLog, Settings,
 };
 use crate::{
     outbound::{HttpClient, Jitter, Response, RetryPolicy, SendError},
@@ -76,6 +76,7 @@ pub(super) struct Task {
     intake: Sender<Msg>,
     pending: Arc<AtomicUsize>,
     durable: bool,
+    drops: Arc<DropLog>,
     failures: FailureLine,
 }
 
@@ -87,6 +88,7 @@ impl Task {
         intake: Sender<Msg>,
         pending: Arc<AtomicUsize>,
         durable: bool,
+        drops: Arc<DropLog>,
     ) -> Self {
         let policy = RetryPolicy {
             first: settings.backoff,
@@ -102,6 +104,7 @@ impl Task {
             intake,
             pending,
             durable,
+            drops,
             failures: FailureLine::default(),
         }
     }
@@ -294,6 +297,7 @@ impl Task {
             .max()
             .unwrap_or(Duration::ZERO);
         metrics::webhook_queue(self.pending.load(Ordering::Relaxed), oldest);
+        self.drops.line(self.settings.queue);
     }
 }
 

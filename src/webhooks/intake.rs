@@ -253,6 +253,10 @@ mod tests {
     use crate::webhooks::{signing::Secret, store::StoreSettings};
 
     fn settings() -> Arc<Settings> {
+        settings_with_queue(10)
+    }
+
+    fn settings_with_queue(queue: usize) -> Arc<Settings> {
         Arc::new(Settings {
             url: "http://127.0.0.1:9/hook".parse().unwrap(),
             secret: Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
@@ -262,7 +266,7 @@ mod tests {
             backoff_max: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             concurrency: 1,
-            queue: 10,
+            queue,
         })
     }
 
@@ -368,5 +372,70 @@ mod tests {
             .flat_map(|batch| sessions(&batch))
             .collect();
         assert!(handed.is_empty(), "{handed:?}");
+    }
+
+    /// With a store, at most `--webhook-queue` deliveries are handed to the task; the rest wait on
+    /// disk, and come out oldest first once the task is down to half.
+    #[test]
+    fn beyond_the_queue_deliveries_wait_on_disk_and_come_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (to_task, mut from_intake) = tokio::sync::mpsc::unbounded_channel();
+        let opened = Store::open(
+            &StoreSettings {
+                state_dir: dir.path().to_owned(),
+                segment_bytes: 1 << 20,
+                keep_done_for: Duration::from_secs(60),
+            },
+            4,
+        )
+        .unwrap();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let intake = spawn(Intake::new(
+            settings_with_queue(4),
+            Some(opened),
+            to_task,
+            Arc::clone(&pending),
+            CancellationToken::new(),
+        ))
+        .unwrap();
+        let flush = || {
+            let (done, flushed) = crossbeam_channel::bounded(1);
+            intake.send(Msg::Flush(done)).unwrap();
+            flushed.recv_timeout(Duration::from_secs(10)).unwrap();
+        };
+        let mut handed = Vec::new();
+        let mut take = |from: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<Delivery>>| {
+            let got: Vec<Delivery> = std::iter::from_fn(|| from.try_recv().ok())
+                .flatten()
+                .collect();
+            handed.extend(got.iter().map(|d| d.session_id.to_string()));
+            got
+        };
+        for n in 0..10 {
+            let session = Session::new(Arc::new(Options::default()), Time::from_micros(1));
+            let report = Report::of(&SessionId::new(&format!("s{n}")), &session);
+            intake.send(Msg::Ended(Box::new(report))).unwrap();
+        }
+        flush();
+        let mut held = take(&mut from_intake);
+        assert_eq!(held.len(), 4, "the queue's bound");
+        assert_eq!(pending.load(Ordering::Relaxed), 10, "all ten on disk");
+        // The task finishes deliveries one by one; at half the bound the oldest waiting come out.
+        while !held.is_empty() {
+            let done = held.remove(0);
+            intake
+                .send(Msg::Done {
+                    id: done.id,
+                    ending: Ending::Delivered,
+                })
+                .unwrap();
+            flush();
+            let more = take(&mut from_intake);
+            assert!(held.len() + more.len() <= 4, "over the bound");
+            held.extend(more);
+        }
+        let expected: Vec<String> = (0..10).map(|n| format!("s{n}")).collect();
+        assert_eq!(handed, expected, "each once, oldest first");
+        assert_eq!(pending.load(Ordering::Relaxed), 0);
     }
 }

@@ -115,9 +115,10 @@ impl Submitter {
     }
 }
 
-/// Counts dropped deliveries and logs them at most once a second.
+/// Counts dropped deliveries and logs them at most once a second: a drop logs at once unless a
+/// line went out this second; the delivery task's once-a-second tick logs what was left over.
 #[derive(Default)]
-struct DropLog {
+pub(crate) struct DropLog {
     since_last_line: AtomicU64,
     /// Seconds since the Unix epoch of the last line.
     last_line: AtomicU64,
@@ -127,6 +128,14 @@ impl DropLog {
     fn dropped(&self, bound: usize) {
         metrics::webhook_deliveries("dropped", 1);
         self.since_last_line.fetch_add(1, Ordering::Relaxed);
+        self.line(bound);
+    }
+
+    /// Logs the drops not logged yet, unless a line already went out this second.
+    pub(crate) fn line(&self, bound: usize) {
+        if self.since_last_line.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -138,6 +147,9 @@ impl DropLog {
                 .is_ok()
         {
             let dropped = self.since_last_line.swap(0, Ordering::Relaxed);
+            if dropped == 0 {
+                return;
+            }
             warn!(
                 dropped,
                 limit = bound,
@@ -196,6 +208,7 @@ impl Webhooks {
         ))
         .map_err(StartError::Thread)?;
         let stop = CancellationToken::new();
+        let drops = Arc::new(DropLog::default());
         let task = tokio::spawn(
             delivery::Task::new(
                 Arc::clone(&settings),
@@ -204,6 +217,7 @@ impl Webhooks {
                 intake.clone(),
                 Arc::clone(&pending),
                 durable,
+                Arc::clone(&drops),
             )
             .run(stop.clone()),
         );
@@ -212,7 +226,7 @@ impl Webhooks {
                 intake,
                 pending,
                 bound: (!durable).then_some(settings.queue),
-                drops: Arc::default(),
+                drops,
             },
             task,
             stop,
