@@ -142,10 +142,15 @@ impl Task {
                     Some(batch) => {
                         for delivery in batch {
                             let id = Arc::clone(&delivery.id);
-                            if !slots.contains_key(&id) {
-                                slots.insert(Arc::clone(&id), Slot { delivery, attempts: 0 });
-                                ready.push_back(id);
+                            if slots.contains_key(&id) {
+                                // Already held: it counts once.
+                                if !self.durable {
+                                    self.pending.fetch_sub(1, Ordering::Relaxed);
+                                }
+                                continue;
                             }
+                            slots.insert(Arc::clone(&id), Slot { delivery, attempts: 0 });
+                            ready.push_back(id);
                         }
                     }
                     None => intake_open = false,

@@ -93,7 +93,9 @@ impl Submitter {
         }
         // Fails only once the intake has stopped (the process is ending, or the store failed
         // and the process is stopping for it).
-        let _ = self.intake.send(Msg::Ended(Box::new(report)));
+        if self.intake.send(Msg::Ended(Box::new(report))).is_err() && self.bound.is_some() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// A session the state journal gave back closed at start: its event is queued unless the
