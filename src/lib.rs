@@ -8,6 +8,8 @@
 //! - `livekit`: LiveKit's server API (`RoomService.DeleteRoom`) over that client.
 //! - `sessions`: the registry of live sessions (ordering, timers, expiry, limits), the
 //!   journal and the clock.
+//! - `webhooks`: the delivery of each ended session's report to the operator's webhook
+//!   receiver (queue, store, signing), over the outbound client.
 //! - `grpc`: the service, the proto-to-domain conversion, codec, errors, limits, auth, TLS.
 //! - `app`: configuration, the server and its drain, the runtime, the probe.
 //!
@@ -21,6 +23,7 @@ mod livekit;
 mod outbound;
 mod sessions;
 pub mod telemetry;
+mod webhooks;
 
 pub use app::{
     config::{Cli, Command, Config, ListenAddr},

@@ -25,6 +25,11 @@
 //!   session.
 //! - `durable`: the throughput section with `--state-dir` (every event fsynced before its
 //!   reply), and its cost: durable lifecycle RPC/s / in-memory lifecycle RPC/s of this run.
+//! - `webhook`: calls ending as fast as the agents go on a server that delivers each report to
+//!   a local receiver verifying every signature, in slices alternating with a server without
+//!   webhooks: deliveries/s, close-to-delivery p50/p99, and the lifecycle RPC/s ratio.
+//! - `slow-webhook`: the latency section against a server whose webhook receiver takes 30 s
+//!   per request; with `latency` in the same run, the two tables compare.
 //!
 //! The machinery they share: `load` (the agents' sessions, the closed and open loops, CPU
 //! time) and `results` (the table, the targets and the checks); `sizes` adds the sizes of the
@@ -53,10 +58,12 @@ mod memory;
 mod quiet;
 mod results;
 mod sizes;
+mod slow_webhook;
 mod teardown;
 mod throughput;
 mod timers;
 mod unix;
+mod webhook;
 
 use load::NO_SESSION_LIMIT;
 use results::Report;
@@ -66,7 +73,8 @@ use support::ServerArgs;
 #[command(about = "endcall-sidecar performance benchmark")]
 struct Args {
     /// Sections to run, comma-separated: throughput,echo,latency,h2load,memory,timers,unix,
-    /// quiet,durable,teardown (or all). `echo` (after throughput) waits for the run's 30 s timers and
+    /// quiet,durable,webhook,slow-webhook,teardown (or all). `echo` (after throughput) waits
+    /// for the run's 30 s timers and
     /// measures their cost.
     #[arg(long, default_value = "all")]
     sections: String,
@@ -155,6 +163,9 @@ fn main() {
         if args.runs("latency") {
             latency::run(&args, health_rate.unwrap_or(args.latency_rate), &mut report).await;
         }
+        if args.runs("slow-webhook") {
+            slow_webhook::run(&args, health_rate.unwrap_or(args.latency_rate), &mut report).await;
+        }
         if args.runs("h2load") {
             h2load::run(&args, health_rate, &mut report).await;
         }
@@ -166,6 +177,9 @@ fn main() {
         }
         if args.runs("durable") {
             durable::run(&args, lifecycle_rate, &mut report).await;
+        }
+        if args.runs("webhook") {
+            webhook::run(&args, &mut report).await;
         }
         if args.runs("memory") {
             memory::run(&args, &mut report).await;

@@ -16,6 +16,7 @@ use crate::{
     livekit::LiveKitArgs,
     sessions::journal::JournalSettings,
     sessions::registry::Settings,
+    webhooks::WebhookArgs,
 };
 use endcall_core::{
     domain::{Options, MAX_REPLY_TIMEOUT},
@@ -200,6 +201,9 @@ pub struct ServeArgs {
     // LiveKit's server API (src/livekit): the URL, key and secret for teardown; off by default.
     #[command(flatten)]
     pub livekit: LiveKitArgs,
+    // Post-call webhooks (src/webhooks): off unless --webhook-url is set.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 }
 
 /// A gRPC listen (or connect) address.
@@ -270,6 +274,8 @@ pub struct Config {
     pub tls: TlsArgs,
     /// Read and checked at start (`livekit::Settings::load`), like `auth` and `tls`.
     pub livekit: LiveKitArgs,
+    /// Read and checked when serving starts, as `auth` and `tls` are.
+    pub webhooks: WebhookArgs,
 }
 
 impl From<&ServeArgs> for Config {
@@ -314,6 +320,7 @@ impl From<&ServeArgs> for Config {
             auth: args.auth.clone(),
             tls: args.tls.clone(),
             livekit: args.livekit.clone(),
+            webhooks: args.webhooks.clone(),
         }
     }
 }

@@ -21,6 +21,7 @@ use self::{
 use crate::{
     grpc::{auth, tls},
     livekit, telemetry,
+    webhooks::{self, WebhookConfigError},
 };
 
 /// The binary, from its command line to its exit code: serves, or runs the probe.
@@ -43,6 +44,14 @@ pub async fn run() -> ExitCode {
             )
             .exit();
     }
+    if webhooks::config::secret_on_command_line(&matches) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                WebhookConfigError::OnCommandLine,
+            )
+            .exit();
+    }
     match cli.command {
         Some(Command::Probe(args)) => probe::run(&args, &cli.serve.listen).await,
         None => serve(Config::from(&cli.serve), &cli).await,
@@ -58,8 +67,8 @@ async fn serve(config: Config, cli: &Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A bad token, certificate or LiveKit setting fails before the address is announced
-    // (serve reads them again).
+    // A bad token, certificate, LiveKit setting or webhook secret fails before the address is
+    // announced (serve reads them again).
     if let Err(err) = check_security(&config) {
         error!("{err}");
         return ExitCode::from(2);
@@ -106,5 +115,6 @@ fn check_security(config: &Config) -> Result<(), String> {
     auth::Policy::load(&config.auth).map_err(|e| e.to_string())?;
     tls::configure(tonic::transport::Server::builder(), &config.tls).map_err(|e| e.to_string())?;
     livekit::Settings::load(&config.livekit).map_err(|e| e.to_string())?;
+    webhooks::Settings::load(&config.webhooks).map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -52,6 +52,16 @@ const RUNTIME_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 const RPC_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
+/// Webhook deliveries, from queued to delivered: milliseconds when the receiver is up, up to
+/// the default retry window (a day) when it was not.
+const WEBHOOK_DELIVERY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+    21_600.0, 86_400.0,
+];
+/// One webhook request: a local receiver's milliseconds up to the default timeout (15 s).
+const WEBHOOK_ATTEMPT_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
+];
 /// Goodbyes: from an instant pipeline shutdown to the playout guard and beyond.
 const GOODBYE_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0];
 /// LiveKit API requests: a nearby server in milliseconds, a distant one in a few hundred, up
@@ -68,6 +78,14 @@ pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
         .set_buckets_for_metric(Matcher::Full(END_CALL_TO_SHUTDOWN.into()), GOODBYE_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(JOURNAL_SYNC.into()), RPC_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(LIVEKIT_DURATION.into()), LIVEKIT_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(WEBHOOK_DELIVERY.into()),
+            WEBHOOK_DELIVERY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(WEBHOOK_ATTEMPT.into()),
+            WEBHOOK_ATTEMPT_BUCKETS,
+        )?
         .build()?;
     metrics::set_global_recorder(recorder).map_err(BuildError::FailedToSetGlobalRecorder)?;
     tokio::spawn(exporter);
@@ -235,6 +253,28 @@ fn describe() {
         TEARDOWNS,
         "Calls the sidecar ended itself, by cause (worker_lost, close_deadline) and result."
     );
+    describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Webhook deliveries by result: delivered, retried (an attempt failed and is retried), gave_up (--webhook-retry-for passed), gone (the receiver answered 410), dropped (--webhook-queue full, memory mode), lost (pending at the end of the drain, memory mode)."
+    );
+    describe_histogram!(
+        WEBHOOK_DELIVERY,
+        Unit::Seconds,
+        "Webhook deliveries: time from the event being queued (the session's end) to its 2xx answer."
+    );
+    describe_histogram!(
+        WEBHOOK_ATTEMPT,
+        Unit::Seconds,
+        "Webhook attempts: time of one request, from sending to the answer or the failure."
+    );
+    describe_gauge!(
+        WEBHOOK_QUEUE,
+        "Webhook deliveries pending: queued and not yet delivered, given up, gone or dropped."
+    );
+    describe_gauge!(
+        WEBHOOK_OLDEST,
+        "Age of the oldest webhook delivery pending, sampled every second."
+    );
     describe_gauge!(
         ALIVE_TASKS,
         "Tasks alive in the async runtime (connections, streams, timers), sampled every second."
@@ -376,4 +416,76 @@ pub fn unattended(delta: f64) {
 /// A teardown's result is known.
 pub fn teardown(cause: TeardownCause, result: TeardownResult) {
     counter!(TEARDOWNS, "cause" => cause.as_str(), "result" => result.as_str()).increment(1);
+}
+
+pub const WEBHOOK_DELIVERIES: &str = "endcall_webhook_deliveries_total";
+pub const WEBHOOK_DELIVERY: &str = "endcall_webhook_delivery_seconds";
+pub const WEBHOOK_ATTEMPT: &str = "endcall_webhook_attempt_seconds";
+pub const WEBHOOK_QUEUE: &str = "endcall_webhook_queue_depth";
+pub const WEBHOOK_OLDEST: &str = "endcall_webhook_oldest_pending_seconds";
+
+/// The results of `endcall_webhook_deliveries_total`.
+const WEBHOOK_RESULTS: [&str; 6] = ["delivered", "retried", "gave_up", "gone", "dropped", "lost"];
+
+/// The webhook series, registered once when webhooks start (as `HANDLES` are for the RPCs'),
+/// so that recording one per delivery is an index, not a lookup by labels.
+static WEBHOOK_HANDLES: OnceLock<WebhookHandles> = OnceLock::new();
+
+struct WebhookHandles {
+    results: [Counter; WEBHOOK_RESULTS.len()],
+    delivery: Histogram,
+    attempt: Histogram,
+    queue: Gauge,
+    oldest: Gauge,
+}
+
+/// Registers the webhook series and publishes them at 0: called when webhooks are turned on
+/// (a sidecar without them shows none).
+pub fn webhooks_zero() {
+    let handles = WEBHOOK_HANDLES.get_or_init(|| WebhookHandles {
+        results: WEBHOOK_RESULTS.map(|result| counter!(WEBHOOK_DELIVERIES, "result" => result)),
+        delivery: histogram!(WEBHOOK_DELIVERY),
+        attempt: histogram!(WEBHOOK_ATTEMPT),
+        queue: gauge!(WEBHOOK_QUEUE),
+        oldest: gauge!(WEBHOOK_OLDEST),
+    });
+    for counter in &handles.results {
+        counter.absolute(0);
+    }
+    handles.queue.set(0.0);
+    handles.oldest.set(0.0);
+}
+
+/// `n` deliveries ended (or attempts were retried) with `result`, one of `WEBHOOK_RESULTS`.
+pub fn webhook_deliveries(result: &'static str, n: u64) {
+    let Some(handles) = WEBHOOK_HANDLES.get() else {
+        return;
+    };
+    match WEBHOOK_RESULTS.iter().position(|r| *r == result) {
+        Some(index) => handles.results[index].increment(n),
+        None => counter!(WEBHOOK_DELIVERIES, "result" => result).increment(n),
+    }
+}
+
+/// A delivery got its 2xx answer, `waited` after it was queued.
+pub fn webhook_delivered(waited: Duration) {
+    if let Some(handles) = WEBHOOK_HANDLES.get() {
+        handles.results[0].increment(1);
+        handles.delivery.record(waited.as_secs_f64());
+    }
+}
+
+/// One request, answered or not.
+pub fn webhook_attempt(took: Duration) {
+    if let Some(handles) = WEBHOOK_HANDLES.get() {
+        handles.attempt.record(took.as_secs_f64());
+    }
+}
+
+/// The queue's gauges: pending deliveries, and the age of the oldest.
+pub fn webhook_queue(pending: usize, oldest: Duration) {
+    if let Some(handles) = WEBHOOK_HANDLES.get() {
+        handles.queue.set(pending as f64);
+        handles.oldest.set(oldest.as_secs_f64());
+    }
 }

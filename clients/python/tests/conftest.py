@@ -24,7 +24,8 @@ def sidecar_bin() -> Path:
 
 
 class Sidecar:
-    """A running endcall-sidecar. ``address`` is what it printed on stdout."""
+    """A running endcall-sidecar. ``address`` is what it printed on stdout. ``env`` adds
+    variables (the caller's own ``ENDCALL_*`` ones are never passed on)."""
 
     def __init__(
         self, *args: str, listen: str = "127.0.0.1:0", env: dict[str, str] | None = None

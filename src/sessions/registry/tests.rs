@@ -360,3 +360,62 @@ async fn an_attended_session_with_a_stream_does_not_expire_idle() {
     let report = registry.report("s").unwrap();
     assert_eq!(report.outcome, Some(Outcome::WorkerLost));
 }
+
+/// Hooks that want the reports of sessions restored already ended, and keep their ids.
+#[derive(Default)]
+struct RestoredReports(std::sync::Mutex<Vec<String>>);
+
+impl Hooks for RestoredReports {
+    fn wants_reports(&self) -> bool {
+        false
+    }
+    fn session_ended(&self, _: Report) {}
+    fn teardown(&self, _: TeardownOrder) {}
+    fn housekeeping(&self) {}
+    fn wants_restored_reports(&self) -> bool {
+        true
+    }
+    fn session_restored_ended(&self, report: Report) {
+        self.0.lock().unwrap().push(report.session_id.to_string());
+    }
+}
+
+/// A restart offers every session the journal gives back ended (the webhook store then queues
+/// any whose event it does not know), one past its retention too, and no live one.
+#[tokio::test]
+async fn a_restart_offers_the_sessions_restored_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = || {
+        Opened::open(journal::JournalSettings {
+            dir: dir.path().to_owned(),
+            segment_bytes: 1 << 20,
+        })
+        .unwrap()
+    };
+    let mut short = settings();
+    short.closed_retention = Duration::from_millis(1);
+    {
+        let registry =
+            Registry::start_durable(settings(), Wiring::on_current_runtime(), journal()).unwrap();
+        for (id, event) in [("closed", close()), ("live", realtime_end_call("S"))] {
+            if let Some(durable) = registry.apply(id, event).unwrap().durable {
+                durable.await.unwrap();
+            }
+        }
+        registry.sync_journal().unwrap().await.unwrap();
+    }
+    // Past the 1 ms retention on restart: "closed" is offered, then dropped.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let hooks = Arc::new(RestoredReports::default());
+    let wiring = Wiring {
+        hooks: hooks.clone(),
+        ..Wiring::on_current_runtime()
+    };
+    let registry = Registry::start_durable(short, wiring, journal()).unwrap();
+    assert_eq!(*hooks.0.lock().unwrap(), ["closed"]);
+    assert!(
+        registry.report("closed").is_none(),
+        "dropped: its retention is over"
+    );
+    assert!(registry.report("live").is_some());
+}
