@@ -52,13 +52,18 @@ RUN cargo chef cook --release --locked --recipe-path recipe.json
 # The crate itself. Code generation runs in build.rs with protox: no protoc needed.
 COPY . .
 RUN cargo build --release --locked --bin endcall-sidecar \
-    && install -D -m 0555 target/release/endcall-sidecar /out/endcall-sidecar
+    && install -D -m 0555 target/release/endcall-sidecar /out/endcall-sidecar \
+    && install -d -m 0700 /out/state
 
 FROM gcr.io/distroless/cc-${DISTROLESS_SUITE}:nonroot AS runtime
 LABEL org.opencontainers.image.title="endcall-sidecar" \
       org.opencontainers.image.description="gRPC sidecar that decides when a voice-AI agent's call is over" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/endcall-sidecar /usr/local/bin/endcall-sidecar
+# An empty state directory owned by the sidecar's user: a named volume mounted there (docker,
+# compose) starts out with this owner, so ENDCALL_STATE_DIR=/var/lib/endcall needs no
+# preparing. (Kubernetes' emptyDir is writable by any uid anyway.)
+COPY --from=builder --chown=65532:65532 /out/state /var/lib/endcall
 # The binary's own default is 127.0.0.1:50051. Inside the container it must listen on all
 # interfaces: Kubernetes `grpc:` probes and other containers of a compose project reach it at the
 # container's IP, not at loopback. Publish the ports to the host deliberately (see deploy/README.md).

@@ -25,7 +25,10 @@
 //!   warm-up, which commits memory in chunks of a few MiB during the first minute and then
 //!   levels off (docs/performance.md has the long runs), stays under both bounds;
 //! - after the load stops, open watchers and live sessions return to 0 and live tasks to the
-//!   baseline taken before the load (with the same connections open), within 15 s.
+//!   baseline taken before the load (with the same connections open), within 15 s;
+//! - a webhook receiver is attached (`support::receiver`, verifying every signature; it closes
+//!   connections idle for 2 s, so the sidecar's pooled connections to it end after the load):
+//!   every session that ended was delivered, verified, within the same 15 s.
 
 // A bench is test code: a failed expectation (the runtime, a free port) ends the run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -49,8 +52,11 @@ use endcall_sidecar::proto::v1::{
 use endcall_testkit::{
     close, created, done, end_call, process::Sidecar, realtime_end_call_within, requests, Client,
 };
-use support::ServerArgs;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use support::{
+    free_port, metric,
+    receiver::{secret_file, Behaviour, Receiver},
+    scrape, ServerArgs,
+};
 use tonic::Streaming;
 
 #[derive(Parser, Debug, Clone)]
@@ -325,34 +331,10 @@ struct Sample {
     alive_tasks: f64,
     watchers: f64,
     live_sessions: f64,
+    /// Sessions the server had ended by then (`endcall_sessions_ended_total`).
+    ended: f64,
     /// Sessions the agents had completed by then.
     sessions: u64,
-}
-
-/// One scrape of the server's Prometheus endpoint (plain HTTP/1.1, no client library).
-async fn scrape(addr: &str) -> Result<String, String> {
-    let mut conn = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("metrics {addr}: {e}"))?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut body = String::new();
-    conn.read_to_string(&mut body)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(body)
-}
-
-fn metric(text: &str, name: &str, skip_label: Option<&str>) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter(|l| skip_label.is_none_or(|skip| !l.contains(skip)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 async fn sample(server: &Sidecar, metrics: &str, started: Instant) -> Result<Sample, String> {
@@ -363,6 +345,7 @@ async fn sample(server: &Sidecar, metrics: &str, started: Instant) -> Result<Sam
         alive_tasks: metric(&text, "endcall_runtime_alive_tasks", None),
         watchers: metric(&text, "endcall_watchers", None),
         live_sessions: metric(&text, "endcall_sessions", Some("state=\"closed\"")),
+        ended: metric(&text, "endcall_sessions_ended_total", None),
         sessions: 0,
     })
 }
@@ -407,13 +390,6 @@ impl Checks {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port for the metrics listener")
-}
-
 fn main() {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -428,6 +404,8 @@ fn main() {
 async fn soak(args: Args) -> bool {
     let metrics = format!("127.0.0.1:{}", free_port());
     let reply_timeout = humantime::format_duration(args.reply_timeout).to_string();
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let secret = secret_file().display().to_string();
     let server = args.server.start(
         "127.0.0.1:0",
         &[
@@ -439,6 +417,10 @@ async fn soak(args: Args) -> bool {
             &metrics,
             "--log-level",
             "warn",
+            "--webhook-url",
+            &receiver.url,
+            "--webhook-secret-file",
+            &secret,
         ],
     );
     println!("server binary: {}", args.server.bin().display());
@@ -512,6 +494,7 @@ async fn soak(args: Args) -> bool {
             if s.watchers == 0.0
                 && s.live_sessions == 0.0
                 && s.alive_tasks <= baseline.alive_tasks + TASK_SLACK
+                && receiver.seen.events() as f64 >= s.ended
             {
                 break Some(load_ended.elapsed());
             }
@@ -672,6 +655,28 @@ async fn soak(args: Args) -> bool {
             baseline.alive_tasks
         ),
     );
+    let (delivered, refused) = (
+        receiver.seen.events(),
+        receiver.seen.refused.load(Ordering::Relaxed),
+    );
+    checks.check(
+        "every ended session's call.ended delivered, every signature verified",
+        delivered as f64 == last.ended && delivered > 0 && refused == 0,
+        format!(
+            "{delivered} delivered of {} sessions ended, {refused} refused",
+            last.ended
+        ),
+    );
+    let waits = receiver.seen.close_to_delivery();
+    let at = |p: f64| waits[((waits.len() as f64 * p) as usize).min(waits.len().saturating_sub(1))];
+    if !waits.is_empty() {
+        println!(
+            "webhooks: close to delivery p50 {:?}, p99 {:?}, max {:?}",
+            at(0.5),
+            at(0.99),
+            waits[waits.len() - 1]
+        );
+    }
     let failed = checks.0.iter().filter(|c| !c.1).count();
     println!(
         "checks: {} passed, {} failed",

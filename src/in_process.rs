@@ -34,7 +34,7 @@ impl InProcess {
         let cli = Cli::try_parse_from(program.chain(args.into_iter().map(Into::into)))
             .map_err(|err| err.to_string())?;
         let config = Config::from(&cli.serve);
-        let (wiring, teardowns) = ProcessHooks::wiring(TimerThread::Shared);
+        let (wiring, teardowns) = ProcessHooks::wiring(TimerThread::Shared, None);
         let registry = Registry::start(config.registry, wiring)
             .map_err(|err| format!("cannot start the timer task: {err}"))?;
         teardowns.start(Arc::downgrade(&registry), None);

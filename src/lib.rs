@@ -4,8 +4,12 @@
 //! - `endcall_core` (its own crate): the contract's vocabulary, the pure state machine, the
 //!   end-of-call report and the tool's definition; no I/O, clock, tokio or protobuf.
 //! - `telemetry`: logs, metrics and the report thread.
+//! - `outbound`: the process's HTTP client (hyper, rustls) and its retry schedule.
+//! - `livekit`: LiveKit's server API (`RoomService.DeleteRoom`) over that client.
 //! - `sessions`: the registry of live sessions (ordering, timers, expiry, limits), the
 //!   journal and the clock.
+//! - `webhooks`: the delivery of each ended session's report to the operator's webhook
+//!   receiver (queue, store, signing), over the outbound client.
 //! - `grpc`: the service, the proto-to-domain conversion, codec, errors, limits, auth, TLS.
 //! - `app`: configuration, the server and its drain, the runtime, the probe.
 //!
@@ -15,8 +19,11 @@
 mod app;
 mod grpc;
 mod in_process;
+mod livekit;
+mod outbound;
 mod sessions;
 pub mod telemetry;
+mod webhooks;
 
 pub use app::{
     config::{Cli, Command, Config, ListenAddr},

@@ -21,8 +21,16 @@
 //! - `quiet`: the throughput section against a server whose end-of-call report lines are off
 //!   (`--log-level info,endcall::report=off`): what is left of the gap without them. Not with
 //!   `--server-flags` that set `--log-level`.
+//! - `teardown`: N attended sessions whose watch streams all end at once; how late each room's
+//!   DeleteRoom reaches a local receiver after the worker-lost window, and RSS per attended
+//!   session.
 //! - `durable`: the throughput section with `--state-dir` (every event fsynced before its
 //!   reply), and its cost: durable lifecycle RPC/s / in-memory lifecycle RPC/s of this run.
+//! - `webhook`: calls ending as fast as the agents go on a server that delivers each report to
+//!   a local receiver verifying every signature, in slices alternating with a server without
+//!   webhooks: deliveries/s, close-to-delivery p50/p99, and the lifecycle RPC/s ratio.
+//! - `slow-webhook`: the latency section against a server whose webhook receiver takes 30 s
+//!   per request; with `latency` in the same run, the two tables compare.
 //!
 //! The machinery they share: `load` (the agents' sessions, the closed and open loops, CPU
 //! time) and `results` (the table, the targets and the checks); `sizes` adds the sizes of the
@@ -51,9 +59,12 @@ mod memory;
 mod quiet;
 mod results;
 mod sizes;
+mod slow_webhook;
+mod teardown;
 mod throughput;
 mod timers;
 mod unix;
+mod webhook;
 
 use load::SESSION_SERVER_FLAGS;
 use results::Report;
@@ -63,7 +74,8 @@ use support::ServerArgs;
 #[command(about = "endcall-sidecar performance benchmark")]
 struct Args {
     /// Sections to run, comma-separated: throughput,echo,latency,h2load,memory,timers,unix,
-    /// quiet,durable (or all). `echo` (after throughput) waits for the run's 30 s timers and
+    /// quiet,durable,webhook,slow-webhook,teardown (or all). `echo` (after throughput) waits
+    /// for the run's 30 s timers and
     /// measures their cost.
     #[arg(long, default_value = "all")]
     sections: String,
@@ -102,7 +114,10 @@ struct Args {
     /// How many of the timer sessions get a WatchSession stream (default: all).
     #[arg(long)]
     timer_watchers: Option<usize>,
-    /// Watch streams per HTTP/2 connection in the timers section.
+    /// Attended sessions whose streams all end at once (teardown section).
+    #[arg(long, default_value_t = 10_000)]
+    teardown_sessions: usize,
+    /// Watch streams per HTTP/2 connection in the timers and teardown sections.
     #[arg(long, default_value_t = 1000)]
     watchers_per_connection: usize,
     #[command(flatten)]
@@ -154,6 +169,9 @@ fn main() {
         if args.runs("latency") {
             latency::run(&args, health_rate.unwrap_or(args.latency_rate), &mut report).await;
         }
+        if args.runs("slow-webhook") {
+            slow_webhook::run(&args, health_rate.unwrap_or(args.latency_rate), &mut report).await;
+        }
         if args.runs("h2load") {
             h2load::run(&args, health_rate, &mut report).await;
         }
@@ -166,11 +184,17 @@ fn main() {
         if args.runs("durable") {
             durable::run(&args, lifecycle_rate, &mut report).await;
         }
+        if args.runs("webhook") {
+            webhook::run(&args, &mut report).await;
+        }
         if args.runs("memory") {
             memory::run(&args, &mut report).await;
         }
         if args.runs("timers") {
             timers::run(&args, lifecycle_rate, &mut report).await;
+        }
+        if args.runs("teardown") {
+            teardown::run(&args, &mut report).await;
         }
     });
     report.print(&args);

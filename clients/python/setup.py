@@ -1,18 +1,23 @@
-"""Build hook: generate the gRPC stubs from the repository's proto/ with grpcio-tools.
+"""Build hooks: generate the gRPC stubs from the repository's proto/ with grpcio-tools, and put
+the .proto files into the sdist.
 
-The .proto files stay the single source of the API; nothing generated is committed. The proto
-directory is found, in order, from the ENDCALL_PROTO_DIR environment variable, a proto/ folder
-next to this file (an sdist), or the repository's proto/ two levels up.
+The repository's proto/ stays the single source of the API; neither a copy of it nor anything
+generated is committed. The sdist carries the .proto files it was made from (copied into its
+proto/ folder when it is made), so a wheel builds from the sdist alone. The proto directory is
+found, in order, from the ENDCALL_PROTO_DIR environment variable, then a proto/ folder next to
+this file (an sdist), then, outside an sdist only, the repository's proto/ two levels up.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.command.sdist import sdist
 
 HERE = Path(__file__).resolve().parent
 PKG = "endcall_sidecar"
@@ -27,7 +32,9 @@ def _proto_dir() -> Path:
     candidates = []
     if os.environ.get("ENDCALL_PROTO_DIR"):
         candidates.append(Path(os.environ["ENDCALL_PROTO_DIR"]))
-    candidates += [HERE / "proto", HERE.parent.parent / "proto"]
+    candidates.append(HERE / "proto")
+    if not (HERE / "PKG-INFO").is_file():  # an sdist builds from its own proto/ only
+        candidates.append(HERE.parent.parent / "proto")
     for c in candidates:
         if all((c / f).is_file() for f in PROTO_FILES):
             return c
@@ -81,9 +88,21 @@ class BuildPyWithStubs(build_py):
         super().run()
 
 
+class SdistWithProto(sdist):
+    """Copies every .proto file of the proto directory into the sdist's proto/ folder."""
+
+    def make_release_tree(self, base_dir: str, files: list[str]) -> None:
+        super().make_release_tree(base_dir, files)
+        src = _proto_dir()
+        for f in sorted(src.rglob("*.proto")):
+            dest = Path(base_dir) / "proto" / f.relative_to(src)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+
+
 _ensure_packages()
 
 setup(
     packages=[PKG] + [f"{GEN_PKG}.{s.replace('/', '.')}".rstrip(".") for s in GEN_SUBPACKAGES],
-    cmdclass={"build_py": BuildPyWithStubs},
+    cmdclass={"build_py": BuildPyWithStubs, "sdist": SdistWithProto},
 )

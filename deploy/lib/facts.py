@@ -90,6 +90,14 @@ def env_of(container: dict) -> dict:
     return {e["name"]: e.get("value") for e in container.get("env", [])}
 
 
+def secret_ref(container: dict, name: str) -> dict | None:
+    """The secretKeyRef the variable `name` is read through, if it is."""
+    for e in container.get("env", []):
+        if e["name"] == name:
+            return e.get("valueFrom", {}).get("secretKeyRef")
+    return None
+
+
 class Checker:
     def __init__(self) -> None:
         self.failed = 0
@@ -140,6 +148,7 @@ def consistency(repo: Path) -> int:
     manifests = sorted(kdir.glob("*.yaml"))
     c.check("Kubernetes manifests present", len(manifests) >= 3, str(manifests))
     seen_uds = seen_tcp = seen_native = seen_classic = False
+    webhook_secret_ways = set()
     for path in manifests:
         print(f"deploy/kubernetes/{path.name}")
         docs = load_docs(path)
@@ -221,6 +230,33 @@ def consistency(repo: Path) -> int:
                 sc.get("capabilities", {}).get("drop") == ["ALL"], json.dumps(sc))
         c.check("sidecar runs as the image's uid",
                 sc.get("runAsUser", psc.get("runAsUser")) == uid)
+        # Post-call webhooks: the URL from a Secret, and the signing secret from one too, either
+        # through the environment (secretKeyRef) or as a mounted file; never a literal.
+        url_ref = secret_ref(side, "ENDCALL_WEBHOOK_URL")
+        c.check("webhook URL comes from a Secret (secretKeyRef)",
+                url_ref is not None and "ENDCALL_WEBHOOK_URL" not in
+                {k for k, v in senv.items() if v is not None})
+        c.check("webhook signing secret is never a literal value",
+                senv.get("ENDCALL_WEBHOOK_SECRET") is None)
+        if secret_ref(side, "ENDCALL_WEBHOOK_SECRET") is not None:
+            webhook_secret_ways.add("secretKeyRef")
+            ref = secret_ref(side, "ENDCALL_WEBHOOK_SECRET")
+            c.check("webhook URL and signing secret from the same Secret",
+                    url_ref is not None and ref.get("name") == url_ref.get("name"))
+        else:
+            secret_file = senv.get("ENDCALL_WEBHOOK_SECRET_FILE") or ""
+            vols = {v["name"]: v for v in pod.get("volumes", [])}
+            mounts = [m for m in side.get("volumeMounts", [])
+                      if secret_file.startswith(m["mountPath"].rstrip("/") + "/")]
+            secret_vols = [vols.get(m["name"], {}).get("secret") for m in mounts]
+            c.check("webhook signing secret is a file of a mounted Secret",
+                    len(secret_vols) == 1 and secret_vols[0] is not None and
+                    url_ref is not None and
+                    secret_vols[0].get("secretName") == url_ref.get("name"), secret_file)
+            c.check("the webhook Secret is mounted in the sidecar only", all(
+                m["name"] not in {x["name"] for x in mounts}
+                for m in agent.get("volumeMounts", [])))
+            webhook_secret_ways.add("file")
         res = side.get("resources", {})
         c.check("sidecar has requests and limits",
                 {"cpu", "memory"} <= set(res.get("requests", {})) and
@@ -230,6 +266,8 @@ def consistency(repo: Path) -> int:
                 pod.get("automountServiceAccountToken") is False)
     c.check("native sidecar, classic sidecar, localhost TCP and Unix socket all shown",
             seen_native and seen_classic and seen_tcp and seen_uds)
+    c.check("the webhook signing secret shown both ways: secretKeyRef and a mounted file",
+            webhook_secret_ways == {"secretKeyRef", "file"}, str(webhook_secret_ways))
 
     cdir = repo / "deploy" / "compose"
     print("deploy/compose/compose.yaml")
@@ -269,6 +307,21 @@ def consistency(repo: Path) -> int:
             len(vol_side) == 1 and vol_side == vol_agent, f"{vol_side} {vol_agent}")
     c.check("agent runs as the socket owner's uid",
             over["services"]["agent"].get("user") == img["user"])
+    print("deploy/compose/compose.webhooks.yaml")
+    hooks = load_docs(cdir / "compose.webhooks.yaml")[0]
+    hside = hooks["services"][SIDECAR]
+    henv = hside["environment"]
+    mounted = {s["source"]: s for s in hside.get("secrets", [])}
+    target = henv.get("ENDCALL_WEBHOOK_SECRET_FILE", "")
+    source = next((name for name, s in mounted.items()
+                   if target == f"/run/secrets/{s.get('target', name)}"), None)
+    c.check("webhook signing secret is a compose secret's file, read by the sidecar's uid",
+            source is not None and "file" in hooks.get("secrets", {}).get(source, {}) and
+            str(mounted[source].get("uid")) == img["user"].split(":")[0], target)
+    c.check("webhook signing secret is not in the environment",
+            "ENDCALL_WEBHOOK_SECRET" not in henv)
+    c.check("webhook URL is required from the caller's environment, not written here",
+            str(henv.get("ENDCALL_WEBHOOK_URL", "")).startswith("${ENDCALL_WEBHOOK_URL:?"))
 
     print(f"consistency: {c.passed} passed, {c.failed} failed")
     return 1 if c.failed else 0

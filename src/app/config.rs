@@ -14,8 +14,10 @@ use crate::{
     grpc::convert::WindUpTexts,
     grpc::limits::RequestLimits,
     grpc::tls::{ClientTlsArgs, TlsArgs},
+    livekit::LiveKitArgs,
     sessions::journal::JournalSettings,
     sessions::registry::Settings,
+    webhooks::WebhookArgs,
 };
 use endcall_core::{
     domain::{
@@ -224,6 +226,13 @@ pub struct ServeArgs {
     pub auth: AuthArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+
+    // LiveKit's server API (src/livekit): the URL, key and secret for teardown; off by default.
+    #[command(flatten)]
+    pub livekit: LiveKitArgs,
+    // Post-call webhooks (src/webhooks): off unless --webhook-url is set.
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 }
 
 /// A gRPC listen (or connect) address.
@@ -292,6 +301,10 @@ pub struct Config {
     /// Read and checked when serving starts (`server::serve`), not here: this stays infallible.
     pub auth: AuthArgs,
     pub tls: TlsArgs,
+    /// Read and checked at start (`livekit::Settings::load`), like `auth` and `tls`.
+    pub livekit: LiveKitArgs,
+    /// Read and checked when serving starts, as `auth` and `tls` are.
+    pub webhooks: WebhookArgs,
 }
 
 impl From<&ServeArgs> for Config {
@@ -344,6 +357,8 @@ impl From<&ServeArgs> for Config {
             }),
             auth: args.auth.clone(),
             tls: args.tls.clone(),
+            livekit: args.livekit.clone(),
+            webhooks: args.webhooks.clone(),
         }
     }
 }

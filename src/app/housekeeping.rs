@@ -1,6 +1,6 @@
-//! The process's side of the registry's hooks: end-of-call reports go to the log, rooms the
-//! sidecar must delete go to the teardown worker, and the timer task's once-a-second tick lets
-//! the allocator give freed memory back.
+//! The process's side of the registry's hooks: end-of-call reports go to the log and, when
+//! configured, to the webhook receiver; rooms the sidecar must delete go to the teardown
+//! worker; the timer task's once-a-second tick lets the allocator give freed memory back.
 
 use std::sync::Arc;
 
@@ -13,23 +13,29 @@ use crate::{
         registry::{Hooks, TimerThread, Wiring},
     },
     telemetry,
+    webhooks::Submitter,
 };
 
 /// The hooks the server gives its registry.
 pub(crate) struct ProcessHooks {
     teardowns: TeardownQueue,
+    /// Where ended sessions' events go, with `--webhook-url`.
+    webhooks: Option<Submitter>,
 }
 
 impl ProcessHooks {
     /// What a registry of this process is wired to: tokio's clock, these hooks, and its timer
     /// task where `timers` says; and the teardown queue's receiving end, to start once the
     /// registry exists (orders a restart hands out wait in it until then).
-    pub(crate) fn wiring(timers: TimerThread) -> (Wiring, Teardowns) {
+    pub(crate) fn wiring(timers: TimerThread, webhooks: Option<Submitter>) -> (Wiring, Teardowns) {
         let (queue, teardowns) = teardown::queue();
         let wiring = Wiring {
             clock: Clock::new(),
             timers,
-            hooks: Arc::new(ProcessHooks { teardowns: queue }),
+            hooks: Arc::new(ProcessHooks {
+                teardowns: queue,
+                webhooks,
+            }),
         };
         (wiring, teardowns)
     }
@@ -37,11 +43,34 @@ impl ProcessHooks {
 
 impl Hooks for ProcessHooks {
     fn wants_reports(&self) -> bool {
-        telemetry::reports_enabled()
+        self.webhooks.is_some() || telemetry::reports_enabled()
     }
 
+    /// Neither consumer does any I/O or waits here: both queue the report for a thread of
+    /// their own. With both on, the log gets a copy (a few allocations, far less than the
+    /// JSON either writes).
     fn session_ended(&self, report: Report) {
-        telemetry::session_ended(report);
+        match &self.webhooks {
+            None => telemetry::session_ended(report),
+            Some(webhooks) => {
+                if telemetry::reports_enabled() {
+                    telemetry::session_ended(report.clone());
+                }
+                webhooks.ended(report);
+            }
+        }
+    }
+
+    fn wants_restored_reports(&self) -> bool {
+        self.webhooks
+            .as_ref()
+            .is_some_and(Submitter::wants_restored)
+    }
+
+    fn session_restored_ended(&self, report: Report) {
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.restored(report);
+        }
     }
 
     fn teardown(&self, order: TeardownOrder) {

@@ -3,6 +3,7 @@
 
 pub(crate) mod config;
 pub(crate) mod housekeeping;
+pub(crate) mod outbound;
 pub(crate) mod probe;
 pub(crate) mod runtime;
 pub(crate) mod server;
@@ -19,7 +20,8 @@ use self::{
 };
 use crate::{
     grpc::{auth, tls},
-    telemetry,
+    livekit, telemetry,
+    webhooks::{self, WebhookConfigError},
 };
 
 /// The binary, from its command line to its exit code: serves, or runs the probe.
@@ -31,6 +33,22 @@ pub async fn run() -> ExitCode {
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
                 auth::AuthError::OnCommandLine,
+            )
+            .exit();
+    }
+    if livekit::config::secret_on_command_line(&matches) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                livekit::LiveKitConfigError::SecretOnCommandLine,
+            )
+            .exit();
+    }
+    if webhooks::config::secret_on_command_line(&matches) {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                WebhookConfigError::OnCommandLine,
             )
             .exit();
     }
@@ -49,7 +67,8 @@ async fn serve(config: Config, cli: &Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A bad token or certificate fails before the address is announced (serve reads them again).
+    // A bad token, certificate, LiveKit setting or webhook secret fails before the address is
+    // announced (serve reads them again).
     if let Err(err) = check_security(&config) {
         error!("{err}");
         return ExitCode::from(2);
@@ -95,5 +114,7 @@ async fn serve(config: Config, cli: &Cli) -> ExitCode {
 fn check_security(config: &Config) -> Result<(), String> {
     auth::Policy::load(&config.auth).map_err(|e| e.to_string())?;
     tls::configure(tonic::transport::Server::builder(), &config.tls).map_err(|e| e.to_string())?;
+    livekit::Settings::load(&config.livekit).map_err(|e| e.to_string())?;
+    webhooks::Settings::load(&config.webhooks).map_err(|e| e.to_string())?;
     Ok(())
 }

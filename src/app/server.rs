@@ -2,7 +2,13 @@
 //! until shutdown is asked for, then drains within a bound.
 
 use std::{
-    future::Future, io, os::unix::fs::PermissionsExt as _, path::PathBuf, pin::Pin, sync::Arc,
+    future::Future,
+    io,
+    os::unix::fs::PermissionsExt as _,
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use tokio::net::{TcpListener, UnixListener};
@@ -20,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::{
     app::config::{Config, ListenAddr},
-    app::housekeeping::ProcessHooks,
+    app::{housekeeping::ProcessHooks, outbound::Outbound},
     grpc::auth::{self, AuthLayer},
     grpc::limits::{self, WatchSlots},
     grpc::proto::{self, v1::end_call_service_server::EndCallServiceServer},
@@ -29,7 +35,13 @@ use crate::{
     sessions::journal::{self, Opened},
     sessions::registry::{Registry, TimerThread},
     telemetry::{self, metrics},
+    webhooks::{self, StoreSettings, Webhooks},
 };
+
+/// With `--state-dir`, a finished webhook delivery's record is kept this much longer than
+/// closed sessions are (`--closed-retention`), so that a restart can still tell that a restored
+/// session's event was delivered (`webhooks::Submitter::restored`).
+const KEEP_DONE_MARGIN: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -51,6 +63,16 @@ pub enum ServeError {
     Auth(#[from] auth::AuthError),
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
+    /// LiveKit's configuration, or the outbound HTTP client (its TLS roots), as text (their
+    /// types are the crate's own).
+    #[error("{0}")]
+    Outbound(String),
+    #[error("{0}")]
+    WebhookConfig(#[from] webhooks::WebhookConfigError),
+    #[error("{0}")]
+    Webhooks(#[from] webhooks::StartError),
+    #[error("--state-dir: the webhook store failed (see the error above); stopped so that a restart delivers what is on disk")]
+    WebhookStoreFailed,
 }
 
 /// A bound listener: TCP, or a Unix socket shared with the agent through a volume.
@@ -134,11 +156,40 @@ pub async fn serve(
         &config.tls,
     )?;
 
-    let (wiring, teardowns) = ProcessHooks::wiring(TimerThread::Dedicated);
-    let registry = match &config.state {
-        None => Registry::start(config.registry.clone(), wiring).map_err(ServeError::Timers)?,
-        Some(state) => {
-            let opened = Opened::open(state.clone())?;
+    let outbound = Outbound::start(&config)?;
+
+    // The state journal opens first: it takes the state directory's lock, which keeps a
+    // second process out of the webhook store inside it too.
+    let opened = config
+        .state
+        .as_ref()
+        .map(|state| Opened::open(state.clone()))
+        .transpose()?;
+    let webhooks = match outbound.webhooks {
+        None => None,
+        Some(settings) => {
+            let client = outbound.http.clone();
+            let store = config.state.as_ref().map(|state| StoreSettings {
+                state_dir: state.dir.clone(),
+                segment_bytes: state.segment_bytes,
+                keep_done_for: config.registry.closed_retention + KEEP_DONE_MARGIN,
+            });
+            let durable = store.is_some();
+            let started = Webhooks::start(settings, store, client)?;
+            info!(
+                durable,
+                pending = started.pending(),
+                "delivering call.ended webhooks"
+            );
+            Some(started)
+        }
+    };
+    let (wiring, teardowns) = ProcessHooks::wiring(
+        TimerThread::Dedicated,
+        webhooks.as_ref().map(Webhooks::submitter),
+    );
+    let registry = match (opened, &config.state) {
+        (Some(opened), Some(state)) => {
             for damage in &opened.recovered.damage {
                 warn!(%damage, "state journal repaired");
             }
@@ -151,8 +202,12 @@ pub async fn serve(
             );
             registry
         }
+        _ => Registry::start(config.registry.clone(), wiring).map_err(ServeError::Timers)?,
     };
-    teardowns.start(Arc::downgrade(&registry), None);
+    teardowns.start(Arc::downgrade(&registry), outbound.room_service);
+    if let Some(webhooks) = &webhooks {
+        webhooks.submitter().restore_done();
+    }
     let journal_failed = registry.journal_failed();
     let draining = CancellationToken::new();
 
@@ -219,11 +274,19 @@ pub async fn serve(
             None => std::future::pending().await,
         }
     };
+    let webhook_store_failed = webhooks.as_ref().map(Webhooks::failed);
+    let webhook_store_failure = async {
+        match &webhook_store_failed {
+            Some(failed) => failed.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         result = &mut serving => return Ok(result?),
         () = shutdown => {}
         // Nothing more can be made durable: stop, and let the restart replay the journal.
         () = journal_failure => {}
+        () = webhook_store_failure => {}
     }
 
     info!(
@@ -243,6 +306,7 @@ pub async fn serve(
         () = tokio::time::sleep(config.shutdown_delay) => {}
     }
     draining.cancel();
+    let drain_deadline = Instant::now() + config.drain_timeout;
     match tokio::time::timeout(config.drain_timeout, serving).await {
         Ok(result) => result?,
         Err(_) => warn!(
@@ -256,9 +320,16 @@ pub async fn serve(
     if journal_failed.is_some_and(|failed| failed.is_cancelled()) {
         return Err(ServeError::JournalFailed);
     }
+    if webhook_store_failed.is_some_and(|failed| failed.is_cancelled()) {
+        return Err(ServeError::WebhookStoreFailed);
+    }
     // Timer ticks are not waited for as they happen: put the last ones on disk before exiting.
     if let Some(synced) = registry.sync_journal() {
         let _ = synced.await;
+    }
+    // Without --state-dir, deliveries get what is left of the drain; with it, they are on disk.
+    if let Some(webhooks) = webhooks {
+        webhooks.stop(drain_deadline).await;
     }
     // Reports are logged from a thread of their own: theirs come before the last line.
     let _ = tokio::task::spawn_blocking(telemetry::flush_reports).await;

@@ -27,6 +27,24 @@ pub const DIRECTIVES: &str = "endcall_directives_total";
 pub const TIMERS_PENDING: &str = "endcall_timers_pending";
 pub const WATCHERS: &str = "endcall_watchers";
 pub const ALIVE_TASKS: &str = "endcall_runtime_alive_tasks";
+pub const LIVEKIT_REQUESTS: &str = "endcall_livekit_requests_total";
+pub const LIVEKIT_DURATION: &str = "endcall_livekit_request_duration_seconds";
+
+/// How LiveKit server API requests end (`result` label): an answer's class, or why none came.
+pub const LIVEKIT_RESULTS: [&str; 12] = [
+    "deleted",           // 2xx
+    "not_found",         // 404 `not_found`: the room was already gone
+    "unauthenticated",   // 401
+    "permission_denied", // 403
+    "rate_limited",      // 429
+    "server_error",      // 5xx, 408
+    "client_error",      // any other status (400, a 404 that is not `not_found`, 3xx)
+    "timeout",
+    "connect",
+    "tls",
+    "io",
+    "invalid_url",
+];
 
 /// How often the runtime gauges are sampled: a scrape every 15 s or so sees fresh values.
 const RUNTIME_SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -35,8 +53,23 @@ const RUNTIME_SAMPLE_EVERY: Duration = Duration::from_secs(1);
 const RPC_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
 ];
+/// Webhook deliveries, from queued to delivered: milliseconds when the receiver is up, up to
+/// the default retry window (a day) when it was not.
+const WEBHOOK_DELIVERY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+    21_600.0, 86_400.0,
+];
+/// One webhook request: a local receiver's milliseconds up to the default timeout (15 s).
+const WEBHOOK_ATTEMPT_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0,
+];
 /// Goodbyes: from an instant pipeline shutdown to the playout guard and beyond.
 const GOODBYE_BUCKETS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0];
+/// LiveKit API requests: a nearby server in milliseconds, a distant one in a few hundred, up
+/// to the 10 s default request timeout and beyond.
+const LIVEKIT_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// Serves `/metrics` on `addr` and installs the global recorder. Must run inside the runtime.
 pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
@@ -45,6 +78,15 @@ pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
         .set_buckets_for_metric(Matcher::Full(RPC_DURATION.into()), RPC_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(END_CALL_TO_SHUTDOWN.into()), GOODBYE_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(JOURNAL_SYNC.into()), RPC_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(LIVEKIT_DURATION.into()), LIVEKIT_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(WEBHOOK_DELIVERY.into()),
+            WEBHOOK_DELIVERY_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(WEBHOOK_ATTEMPT.into()),
+            WEBHOOK_ATTEMPT_BUCKETS,
+        )?
         .build()?;
     metrics::set_global_recorder(recorder).map_err(BuildError::FailedToSetGlobalRecorder)?;
     tokio::spawn(exporter);
@@ -137,6 +179,9 @@ fn zero() {
             counter!(TEARDOWNS, "cause" => cause.as_str(), "result" => result.as_str()).absolute(0);
         }
     }
+    for result in LIVEKIT_RESULTS {
+        counter!(LIVEKIT_REQUESTS, "method" => "DeleteRoom", "result" => result).absolute(0);
+    }
 }
 
 fn describe() {
@@ -189,6 +234,15 @@ fn describe() {
         JOURNAL_RECORDS,
         "State journal (--state-dir): records made durable."
     );
+    describe_counter!(
+        LIVEKIT_REQUESTS,
+        "LiveKit server API requests (teardown), by method and result: deleted, not_found, unauthenticated, permission_denied, rate_limited, server_error, client_error, timeout, connect, tls, io, invalid_url."
+    );
+    describe_histogram!(
+        LIVEKIT_DURATION,
+        Unit::Seconds,
+        "LiveKit server API request latency by method, every attempt (a timed-out one counts its timeout)."
+    );
     describe_gauge!(
         SESSIONS_UNATTENDED,
         "Attended sessions (their worker held a WatchSession stream) whose worker holds none now: each is torn down unless its worker comes back within --worker-lost-after."
@@ -196,6 +250,28 @@ fn describe() {
     describe_counter!(
         TEARDOWNS,
         "Calls the sidecar ended itself, by cause (worker_lost, close_deadline) and result."
+    );
+    describe_counter!(
+        WEBHOOK_DELIVERIES,
+        "Webhook deliveries by result: delivered, retried (an attempt failed and is retried), gave_up (--webhook-retry-for passed), gone (the receiver answered 410), dropped (--webhook-queue full, memory mode), lost (pending at the end of the drain, memory mode)."
+    );
+    describe_histogram!(
+        WEBHOOK_DELIVERY,
+        Unit::Seconds,
+        "Webhook deliveries: time from the event being queued (the session's end) to its 2xx answer."
+    );
+    describe_histogram!(
+        WEBHOOK_ATTEMPT,
+        Unit::Seconds,
+        "Webhook attempts: time of one request, from sending to the answer or the failure."
+    );
+    describe_gauge!(
+        WEBHOOK_QUEUE,
+        "Webhook deliveries pending: queued and not yet delivered, given up, gone or dropped."
+    );
+    describe_gauge!(
+        WEBHOOK_OLDEST,
+        "Age of the oldest webhook delivery pending, sampled every second."
     );
     describe_gauge!(
         ALIVE_TASKS,
@@ -318,6 +394,12 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// One LiveKit server API request (one attempt), its result label from [`LIVEKIT_RESULTS`].
+pub fn livekit_request(method: &'static str, result: &'static str, elapsed: Duration) {
+    counter!(LIVEKIT_REQUESTS, "method" => method, "result" => result).increment(1);
+    histogram!(LIVEKIT_DURATION, "method" => method).record(elapsed.as_secs_f64());
+}
+
 pub const JOURNAL_SYNC: &str = "endcall_journal_sync_seconds";
 pub const JOURNAL_RECORDS: &str = "endcall_journal_records_total";
 
@@ -339,4 +421,76 @@ pub fn unattended(delta: f64) {
 /// A teardown's result is known.
 pub fn teardown(cause: TeardownCause, result: TeardownResult) {
     counter!(TEARDOWNS, "cause" => cause.as_str(), "result" => result.as_str()).increment(1);
+}
+
+pub const WEBHOOK_DELIVERIES: &str = "endcall_webhook_deliveries_total";
+pub const WEBHOOK_DELIVERY: &str = "endcall_webhook_delivery_seconds";
+pub const WEBHOOK_ATTEMPT: &str = "endcall_webhook_attempt_seconds";
+pub const WEBHOOK_QUEUE: &str = "endcall_webhook_queue_depth";
+pub const WEBHOOK_OLDEST: &str = "endcall_webhook_oldest_pending_seconds";
+
+/// The results of `endcall_webhook_deliveries_total`.
+const WEBHOOK_RESULTS: [&str; 6] = ["delivered", "retried", "gave_up", "gone", "dropped", "lost"];
+
+/// The webhook series, registered once when webhooks start (as `HANDLES` are for the RPCs'),
+/// so that recording one per delivery is an index, not a lookup by labels.
+static WEBHOOK_HANDLES: OnceLock<WebhookHandles> = OnceLock::new();
+
+struct WebhookHandles {
+    results: [Counter; WEBHOOK_RESULTS.len()],
+    delivery: Histogram,
+    attempt: Histogram,
+    queue: Gauge,
+    oldest: Gauge,
+}
+
+/// Registers the webhook series and publishes them at 0: called when webhooks are turned on
+/// (a sidecar without them shows none).
+pub fn webhooks_zero() {
+    let handles = WEBHOOK_HANDLES.get_or_init(|| WebhookHandles {
+        results: WEBHOOK_RESULTS.map(|result| counter!(WEBHOOK_DELIVERIES, "result" => result)),
+        delivery: histogram!(WEBHOOK_DELIVERY),
+        attempt: histogram!(WEBHOOK_ATTEMPT),
+        queue: gauge!(WEBHOOK_QUEUE),
+        oldest: gauge!(WEBHOOK_OLDEST),
+    });
+    for counter in &handles.results {
+        counter.absolute(0);
+    }
+    handles.queue.set(0.0);
+    handles.oldest.set(0.0);
+}
+
+/// `n` deliveries ended (or attempts were retried) with `result`, one of `WEBHOOK_RESULTS`.
+pub fn webhook_deliveries(result: &'static str, n: u64) {
+    let Some(handles) = WEBHOOK_HANDLES.get() else {
+        return;
+    };
+    match WEBHOOK_RESULTS.iter().position(|r| *r == result) {
+        Some(index) => handles.results[index].increment(n),
+        None => counter!(WEBHOOK_DELIVERIES, "result" => result).increment(n),
+    }
+}
+
+/// A delivery got its 2xx answer, `waited` after it was queued.
+pub fn webhook_delivered(waited: Duration) {
+    if let Some(handles) = WEBHOOK_HANDLES.get() {
+        handles.results[0].increment(1);
+        handles.delivery.record(waited.as_secs_f64());
+    }
+}
+
+/// One request, answered or not.
+pub fn webhook_attempt(took: Duration) {
+    if let Some(handles) = WEBHOOK_HANDLES.get() {
+        handles.attempt.record(took.as_secs_f64());
+    }
+}
+
+/// The queue's gauges: pending deliveries, and the age of the oldest.
+pub fn webhook_queue(pending: usize, oldest: Duration) {
+    if let Some(handles) = WEBHOOK_HANDLES.get() {
+        handles.queue.set(pending as f64);
+        handles.oldest.set(oldest.as_secs_f64());
+    }
 }

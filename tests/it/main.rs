@@ -15,3 +15,4 @@ mod security;
 mod silence;
 mod teardown;
 mod unix_socket;
+mod versions;

@@ -88,7 +88,8 @@ async fn a_silent_user_is_reminded_then_the_call_is_wound_up_and_shut_down() {
     assert_eq!(report.outcome(), Outcome::SilenceTimeout);
     assert_eq!(report.ended_reason(), EndedReason::SilenceTimeout);
     // The server's own times: the reminder at 150 ms of silence, the wind-up at 400 ms, the
-    // shutdown 300 ms of grace later.
+    // shutdown 300 ms of grace after the silence reached the timeout (a late timer issues the
+    // wind-up late, not the shutdown).
     let at = |d: &pb::Directive| {
         let t = d.issued_at.unwrap();
         Duration::new(t.seconds as u64, t.nanos as u32)
@@ -100,7 +101,7 @@ async fn a_silent_user_is_reminded_then_the_call_is_wound_up_and_shut_down() {
     };
     assert!(at(remind) >= created + ms(150));
     assert!(at(wind_up) >= created + ms(400));
-    assert!(at(shutdown) >= at(wind_up) + ms(300));
+    assert!(at(shutdown) >= created + ms(700));
     server.stop().await;
 }
 

@@ -136,9 +136,15 @@ export class FakeSession extends EventEmitter {
 }
 
 export class FakeJobContext {
-  readonly job = { id: 'AJ_fake' };
+  /** As a job before ctx.connect(): the room it was dispatched to is known from the job. */
+  readonly job: { id: string; room?: { name: string } };
   readonly callbacks: (() => Promise<void>)[] = [];
-  constructor(readonly rec: Recorder) {}
+  constructor(
+    readonly rec: Recorder,
+    roomName?: string,
+  ) {
+    this.job = roomName === undefined ? { id: 'AJ_fake' } : { id: 'AJ_fake', room: { name: roomName } };
+  }
 
   addShutdownCallback(cb: () => Promise<void>): void {
     this.callbacks.push(cb);

@@ -16,14 +16,20 @@ REPO = Path(__file__).resolve().parents[3]
 DEFAULT_BIN = REPO / "target" / "debug" / "endcall-sidecar"
 
 
+LIVEKIT_VARIABLES = ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
+
+
 def sidecar_bin() -> Path:
     return Path(os.environ.get("ENDCALL_SIDECAR_BIN") or DEFAULT_BIN)
 
 
 class Sidecar:
-    """A running endcall-sidecar. ``address`` is what it printed on stdout."""
+    """A running endcall-sidecar. ``address`` is what it printed on stdout. ``env`` adds
+    variables (the caller's own ``ENDCALL_*`` ones are never passed on)."""
 
-    def __init__(self, *args: str, listen: str = "127.0.0.1:0") -> None:
+    def __init__(
+        self, *args: str, listen: str = "127.0.0.1:0", env: dict[str, str] | None = None
+    ) -> None:
         binary = sidecar_bin()
         if not binary.exists():
             pytest.fail(
@@ -32,11 +38,23 @@ class Sidecar:
                 pytrace=False,
             )
         self.log = tempfile.NamedTemporaryFile(prefix="endcall-sidecar-", suffix=".log", delete=False)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ENDCALL_")}
-        env.pop("RUST_LOG", None)
+        # The sidecar reads ENDCALL_* and LiveKit's own variables: a developer's shell must not
+        # configure the sidecar under test (LIVEKIT_URL would point teardowns at a real
+        # LiveKit). A test sets what it needs through `env`.
+        inherited = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("ENDCALL_") and k not in LIVEKIT_VARIABLES
+        }
+        inherited.pop("RUST_LOG", None)
+        inherited.update(env or {})
         self.args = [str(binary), "--listen", listen, "--log-level", "warn", *args]
         self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=self.log, stdin=subprocess.DEVNULL, env=env
+            self.args,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            stdin=subprocess.DEVNULL,
+            env=inherited,
         )
         self.address = self._read_address()
 
@@ -94,11 +112,24 @@ def start_sidecar() -> Iterator:
     """Factory for a sidecar of the test's own (stopped at the end of the test)."""
     started: list[Sidecar] = []
 
-    def start(*args: str, listen: str = "127.0.0.1:0") -> Sidecar:
-        s = Sidecar(*args, listen=listen)
+    def start(
+        *args: str, listen: str = "127.0.0.1:0", env: dict[str, str] | None = None
+    ) -> Sidecar:
+        s = Sidecar(*args, listen=listen, env=env)
         started.append(s)
         return s
 
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def livekit_standin() -> Iterator:
+    """A started stand-in for LiveKit's RoomService (livekit_standin.py), stopped at the end of
+    the test. Point a sidecar at it with ``start_sidecar(*standin.sidecar_args(),
+    env=standin.sidecar_env())``; ``add_room`` the rooms that exist."""
+    from livekit_standin import LiveKitStandIn
+
+    with LiveKitStandIn() as standin:
+        yield standin

@@ -128,9 +128,10 @@ def finish_speech(h: SpeechHandle, interrupted: bool = False) -> None:
 class FakeJobContext:
     """What the tools use of JobContext: shutdown callbacks, shutdown and delete_room."""
 
-    def __init__(self, rec: Recorder, job_id: str = "job-test") -> None:
+    def __init__(self, rec: Recorder, job_id: str = "job-test", room_name: str = "") -> None:
         self.rec = rec
-        self.job = SimpleNamespace(id=job_id)
+        # As a job before ctx.connect(): the room it was dispatched to is known from the job.
+        self.job = SimpleNamespace(id=job_id, room=SimpleNamespace(name=room_name))
         self.callbacks: list[Any] = []
         self.shutdown_reasons: list[str] = []
 

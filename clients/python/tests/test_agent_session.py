@@ -1,57 +1,30 @@
 """End to end: a real livekit.agents AgentSession in text mode (no room, LiveKit's fake job
 context), a scripted LLM that calls end_call and then says goodbye, SidecarEndCallTool and a
-real sidecar."""
+real sidecar; followed from the first end_call on, and attached at the session's start."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from livekit.agents import Agent, AgentSession, llm
+import pytest
+from livekit.agents import Agent, AgentSession
 from livekit.agents.testing import fake_job_context
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS
 
 from endcall_sidecar import EndCallClient, Outcome, SessionState
 from endcall_sidecar.livekit import SidecarEndCallTool
-
-GOODBYE = "Thanks for calling, goodbye!"
-
-
-class ScriptedLLM(llm.LLM):
-    """First turn: call end_call. Any later turn (the reply to the tool's output): goodbye."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[dict[str, Any]] = []
-
-    def chat(self, *, chat_ctx: llm.ChatContext, tools: list | None = None,
-             conn_options: Any = DEFAULT_API_CONNECT_OPTIONS, **kwargs: Any) -> llm.LLMStream:
-        self.requests.append({"tools": list(tools or []), "chat_ctx": chat_ctx.copy()})
-        return _ScriptedStream(self, chat_ctx=chat_ctx, tools=tools or [],
-                               conn_options=conn_options, turn=len(self.requests))
+from recording import recording_channel
+from scripted_llm import GOODBYE, ScriptedLLM
 
 
-class _ScriptedStream(llm.LLMStream):
-    def __init__(self, llm_: ScriptedLLM, *, turn: int, **kwargs: Any) -> None:
-        super().__init__(llm_, **kwargs)
-        self._turn = turn
-
-    async def _run(self) -> None:
-        if self._turn == 1:
-            delta = llm.ChoiceDelta(
-                role="assistant",
-                tool_calls=[llm.FunctionToolCall(name="end_call", arguments="{}",
-                                                 call_id="call_end_1")],
-            )
-        else:
-            delta = llm.ChoiceDelta(role="assistant", content=GOODBYE)
-        self._event_ch.send_nowait(llm.ChatChunk(id=f"chunk-{self._turn}", delta=delta))
-
-
-async def test_agent_session_ends_after_goodbye(sidecar) -> None:
+@pytest.mark.parametrize("attach", [None, "before-start", "after-start"])
+async def test_agent_session_ends_after_goodbye(sidecar, attach: str | None) -> None:
+    attached = attach is not None
     timeline: list[tuple] = []
     scripted = ScriptedLLM()
-    tool = SidecarEndCallTool(address=sidecar.address, extra_description="Extra: be polite.")
+    channel, wire = recording_channel(sidecar.address)
+    client = EndCallClient(sidecar.address, channel=channel)
+    tool = SidecarEndCallTool(client=client, extra_description="Extra: be polite.")
     closed = asyncio.Event()
 
     with fake_job_context(job_id="e2e-job") as job_ctx:
@@ -82,8 +55,12 @@ async def test_agent_session_ends_after_goodbye(sidecar) -> None:
             timeline.append(("close", ev.reason.value))
             closed.set()
 
+        if attach == "before-start":  # as the examples do, in the job (the fake job's room)
+            tool.attach(session)
         await session.start(Agent(instructions="You are a test agent.", tools=[tool]),
                             record=False)
+        if attach == "after-start":
+            tool.attach(session)
         # the tool took its definition from the sidecar
         assert tool.tool_definition is not None
         assert tool.tool_definition.name == "end_call"
@@ -132,3 +109,13 @@ async def test_agent_session_ends_after_goodbye(sidecar) -> None:
         assert report.goodbye_duration is not None and report.goodbye_duration >= 0
         assert not tool.in_fallback(session)
         await session.aclose()
+
+        methods = wire.methods()
+        if attached:
+            (opened,) = wire.requests("OpenSession")
+            assert opened.room == "fake-room"
+            # the stream was held before the LLM was even asked
+            assert methods.index("WatchSession") < methods.index("EndCall")
+        else:
+            assert "OpenSession" not in methods
+    await channel.close()

@@ -1,5 +1,6 @@
-"""SidecarEndCallTool with the sidecar's extensions: the tool definition from GetTool, an
-early attach (report of a close without end_call), and the maximum call duration."""
+"""SidecarEndCallTool with the sidecar's extensions: the tool definition from GetTool, attach
+at the session's start (the room sent, the stream held, a close without end_call reported),
+and the maximum call duration."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from livekit.agents.llm import ToolFlag
 from endcall_sidecar import EndCallClient, Outcome, SessionState, ShutdownCause
 from endcall_sidecar.livekit import SidecarEndCallTool
 from fakes import FakeActivity, FakeJobContext, FakeSession, Recorder
+from recording import recording_channel
 
 
 async def test_tool_definition_comes_from_get_tool(sidecar) -> None:
@@ -78,3 +80,55 @@ async def test_max_call_duration_winds_up_then_ends(start_sidecar) -> None:
         await tool.wait_idle(session)
     finally:
         _JobContextVar.reset(token)
+
+
+async def _attach_and_close(address: str, job: FakeJobContext | None, **attach: object) -> tuple:
+    """Attaches a session, checks that its stream is held before any end_call, closes it, and
+    returns (the OpenSession request on the wire, the methods called, in order)."""
+    rec = Recorder()
+    token = _JobContextVar.set(job) if job is not None else None  # type: ignore[arg-type]
+    channel, wire = recording_channel(address)
+    try:
+        async with EndCallClient(address, channel=channel) as client:
+            sid = f"attach-room-{uuid.uuid4().hex[:8]}"
+            tool = SidecarEndCallTool(client=client, session_id=sid)
+            session = FakeSession(rec, FakeActivity("pipeline"))
+            assert tool.attach(session, **attach) == sid  # type: ignore[arg-type]
+            await tool.wait_idle(session)
+            await _until(lambda: "WatchSession" in wire.methods())
+            binding = tool._bindings[session]
+            assert binding._watch_task is not None and not binding._watch_task.done()
+            session.close("participant_disconnected")
+            await tool.wait_idle(session)
+            # the server ends the stream after the close, and the tool lets go of it
+            await _until(binding._watch_task.done)
+            assert not tool.in_fallback(session)
+            assert [r.session_id for r in wire.requests("WatchSession")] == [sid]
+            (opened,) = wire.requests("OpenSession")
+            assert opened.session_id == sid
+            return opened, wire.methods()
+    finally:
+        await channel.close()
+        if token is not None:
+            _JobContextVar.reset(token)
+
+
+async def test_attach_sends_the_job_room_and_holds_the_stream_from_the_start(sidecar) -> None:
+    job = FakeJobContext(Recorder(), room_name="room-sip-7")
+    opened, methods = await _attach_and_close(sidecar.address, job)
+    assert opened.room == "room-sip-7"
+    # the stream is opened at attach, before anything else is reported
+    assert methods.index("WatchSession") < methods.index("OnSessionClose")
+    assert "EndCall" not in methods
+
+
+async def test_attach_prefers_an_explicit_room(sidecar) -> None:
+    job = FakeJobContext(Recorder(), room_name="room-from-job")
+    opened, _ = await _attach_and_close(sidecar.address, job, room="room-explicit")
+    assert opened.room == "room-explicit"
+
+
+async def test_attach_outside_a_job_sends_no_room(sidecar) -> None:
+    opened, _ = await _attach_and_close(sidecar.address, None)
+    assert opened.room == ""
+    assert not opened.HasField("max_duration")

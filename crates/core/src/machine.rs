@@ -172,6 +172,10 @@ struct RareParts {
     close_record: Option<CloseRecord>,
     /// The sidecar's teardown of this call, once decided.
     teardown: Option<Teardown>,
+    /// The LiveKit room (boxed here: a session without one, as in the memory budget's
+    /// million waiting sessions, pays nothing for it; one with a room also holds a watch
+    /// stream, which costs far more).
+    room: Option<RoomName>,
 }
 
 /// The silence ladder of a session whose options turn it on (`docs/contract.md`, the silence
@@ -266,13 +270,11 @@ pub struct Session {
     /// The worker's last sign of life: its last event, or the close of its last stream. Idle
     /// expiry and the worker-lost window count from here.
     last_activity: Time,
-    /// The LiveKit room, inline: every attended session has one.
-    room: Option<RoomName>,
     /// Almost always one: inline, so the common session allocates nothing for it.
     tool_speeches: SmallVec<[ToolSpeech; 1]>,
-    /// Realtime reply waiters: few sessions have one, so a plain `Vec` (8 bytes narrower than
-    /// an inline one).
-    waiters: Vec<Waiter>,
+    /// Almost always none or one: inline, so a session waiting for its reply allocates
+    /// nothing for the wait.
+    waiters: SmallVec<[Waiter; 1]>,
     /// A `Vec`, not a ring: dropping the oldest of a full one is rare, and a `Vec` is 8 bytes
     /// narrower in every session.
     recent: Vec<RecentSpeech>,
@@ -329,9 +331,8 @@ impl Session {
             shutdown_cause: None,
             silence,
             last_activity: now,
-            room: None,
             tool_speeches: SmallVec::new(),
-            waiters: Vec::new(),
+            waiters: SmallVec::new(),
             recent: Vec::new(),
             rare: None,
             directives: Vec::new(),
@@ -438,14 +439,14 @@ impl Session {
     ) -> bool {
         let new_options = options.is_some() && !self.options_fixed;
         let new_max = max_duration.is_some() && self.max_duration_at().is_none();
-        let new_room = room.is_some() && self.room.is_none();
+        let new_room = room.is_some() && self.room().is_none();
         let duplicate = !new_options
             && !new_max
             && !new_room
             && self.timeline_has(|r| matches!(r, EventRecord::Open));
         self.fix_options(options, now);
-        if self.room.is_none() {
-            self.room = room;
+        if let (Some(room), None) = (room, self.room()) {
+            self.rare_mut().room = Some(room);
         }
         if let (Some(max), None) = (max_duration, self.max_duration_at()) {
             let rare = self.rare_mut();
@@ -622,10 +623,6 @@ impl Session {
                 deadline: now + self.options.reply_timeout,
             },
         };
-        // Almost always the only one: room for one, not the four a `Vec` starts with, which
-        // every session waiting on a reply would carry (`cargo bench --bench lifecycle --
-        // --sections memory` measures it).
-        start_small(&mut self.waiters, 1);
         self.waiters.push(waiter);
     }
 
@@ -697,7 +694,7 @@ impl Session {
     fn tear_down(&mut self, cause: TeardownCause, now: Time) {
         self.record(now, EventRecord::TornDown { cause }, false);
         self.close_by(Closer::Sidecar(cause), now);
-        let (room, finished) = match (&self.room, self.options.delete_room) {
+        let (room, finished) = match (self.room(), self.options.delete_room) {
             (_, false) => (None, Some(TeardownResult::RoomKept)),
             (None, true) => (None, Some(TeardownResult::NoRoom)),
             (Some(room), true) => (Some(room.clone()), None),
@@ -1215,7 +1212,7 @@ impl Session {
     }
 
     pub fn room(&self) -> Option<&RoomName> {
-        self.room.as_ref()
+        self.rare()?.room.as_ref()
     }
 
     /// Whether the worker has ever held a watch stream.

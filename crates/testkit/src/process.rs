@@ -49,6 +49,11 @@ impl Sidecar {
         stderr: Stdio,
     ) -> Self {
         let mut child = Command::new(bin)
+            // The sidecar reads LiveKit's own variables: a developer's shell must not point the
+            // sidecar under test at a real LiveKit. Tests pass LiveKit settings as flags.
+            .env_remove("LIVEKIT_URL")
+            .env_remove("LIVEKIT_API_KEY")
+            .env_remove("LIVEKIT_API_SECRET")
             .arg("--listen")
             .arg(listen)
             .args(flags)

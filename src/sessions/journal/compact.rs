@@ -5,6 +5,9 @@
 //! place by an atomic rename; the older inputs are removed after. A crash at any point leaves
 //! either the inputs, or the output beside inputs whose records it duplicates (replay ignores
 //! duplicates), never less.
+//!
+//! The rewrite itself ([`rewrite`]) knows nothing of what a record holds: the webhook store
+//! (`src/webhooks/store.rs`) compacts its own segments with it, keeping what it chooses.
 
 use std::{
     collections::HashSet,
@@ -15,14 +18,18 @@ use std::{
     sync::mpsc,
 };
 
+use prost::Message;
 use tracing::{debug, error};
 
-use super::{record::Input, segment};
+use super::{
+    record::{Input, Record, MAGIC},
+    segment::{self, Magic},
+};
 
 const TMP_SUFFIX: &str = ".compacting";
 
 /// Removes a compaction's output left unfinished by a crash (its inputs are all still there).
-pub(super) fn remove_leftovers(dir: &Path) -> io::Result<()> {
+pub(crate) fn remove_leftovers(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         if path
@@ -36,11 +43,18 @@ pub(super) fn remove_leftovers(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Starts the compaction thread; send it a segment number to compact every segment up to it.
-pub(super) fn spawn(dir: PathBuf) -> io::Result<mpsc::Sender<u64>> {
+/// Starts a compaction thread named `name`; send it a segment number to run `compact` over
+/// every segment up to it. `what` names the store in its error line. The thread ends once the
+/// sender is dropped and the compaction under way, if any, is done.
+pub(crate) fn spawn(
+    dir: PathBuf,
+    name: &str,
+    what: &'static str,
+    compact: impl Fn(&Path, u64) -> io::Result<()> + Send + 'static,
+) -> io::Result<(mpsc::Sender<u64>, std::thread::JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel::<u64>();
-    std::thread::Builder::new()
-        .name("endcall-compact".into())
+    let thread = std::thread::Builder::new()
+        .name(name.into())
         .spawn(move || {
             while let Ok(mut up_to) = rx.recv() {
                 // Requests that queued up while one ran are covered by the newest of them.
@@ -49,15 +63,37 @@ pub(super) fn spawn(dir: PathBuf) -> io::Result<mpsc::Sender<u64>> {
                 }
                 if let Err(err) = compact(&dir, up_to) {
                     // The inputs are intact: the journal only stays larger until the next try.
-                    error!(error = %err, dir = %dir.display(), "state journal compaction failed");
+                    error!(error = %err, dir = %dir.display(), "{what} compaction failed");
                 }
             }
         })?;
-    Ok(tx)
+    Ok((tx, thread))
 }
 
-/// Rewrites the segments numbered up to `up_to` into one, without dropped sessions.
+/// Rewrites the session journal's segments numbered up to `up_to` into one, without dropped
+/// sessions.
 pub(super) fn compact(dir: &Path, up_to: u64) -> io::Result<()> {
+    rewrite(dir, up_to, MAGIC, |records: &[Record]| {
+        let dropped: HashSet<(&str, u64)> = records
+            .iter()
+            .filter(|record| matches!(record.input, Some(Input::Dropped(_))))
+            .map(|record| (record.session.as_str(), record.generation))
+            .collect();
+        records
+            .iter()
+            .map(|record| !dropped.contains(&(record.session.as_str(), record.generation)))
+            .collect()
+    })
+}
+
+/// Rewrites the segments numbered up to `up_to` into one, keeping the records `keep` marks
+/// (it is given every record, oldest first, and answers one `bool` per record).
+pub(crate) fn rewrite<M: Message + Default>(
+    dir: &Path,
+    up_to: u64,
+    magic: &Magic,
+    keep: impl FnOnce(&[M]) -> Vec<bool>,
+) -> io::Result<()> {
     let inputs: Vec<_> = segment::list(dir)?
         .into_iter()
         .filter(|(id, _)| *id <= up_to)
@@ -69,7 +105,7 @@ pub(super) fn compact(dir: &Path, up_to: u64) -> io::Result<()> {
     let mut records = Vec::new();
     let mut bytes_in = 0;
     for (_, path) in &inputs {
-        let contents = segment::read(path)?;
+        let contents = segment::read::<M>(magic, path)?;
         // Recovery repaired every segment before compaction ever runs, and sealed ones are
         // not written again: damage here is a disk fault, and the segment is left alone.
         if contents.damage.is_some() {
@@ -81,15 +117,12 @@ pub(super) fn compact(dir: &Path, up_to: u64) -> io::Result<()> {
         bytes_in += contents.valid_len;
         records.extend(contents.records);
     }
-    let dropped: HashSet<(&str, u64)> = records
-        .iter()
-        .filter(|record| matches!(record.input, Some(Input::Dropped(_))))
-        .map(|record| (record.session.as_str(), record.generation))
-        .collect();
-    let mut out = segment::MAGIC.to_vec();
+    let kept_flags = keep(&records);
+    let mut out = magic.to_vec();
     let mut kept = 0usize;
-    for record in &records {
-        if !dropped.contains(&(record.session.as_str(), record.generation)) {
+    for (i, record) in records.iter().enumerate() {
+        // A record `keep` said nothing about is kept: losing one is the failure to avoid.
+        if kept_flags.get(i).copied().unwrap_or(true) {
             segment::encode(record, &mut out);
             kept += 1;
         }
@@ -112,12 +145,13 @@ pub(super) fn compact(dir: &Path, up_to: u64) -> io::Result<()> {
     }
     segment::sync_dir(dir)?;
     debug!(
+        dir = %dir.display(),
         segments = inputs.len(),
         bytes_in,
         bytes_out = out.len(),
         records_in = records.len(),
         records_kept = kept,
-        "state journal compacted"
+        "compacted"
     );
     Ok(())
 }

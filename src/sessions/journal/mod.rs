@@ -12,9 +12,9 @@
 //!   the directives it issued wait for the fsync that covers them.
 //! * `compact`: sealed segments are rewritten without the sessions that have been dropped.
 
-mod compact;
+pub(crate) mod compact;
 pub(crate) mod record;
-mod segment;
+pub(crate) mod segment;
 mod writer;
 
 use std::{
@@ -124,7 +124,13 @@ impl Opened {
     /// recovered. `publish` runs on the writer thread after each fsync.
     pub fn start(self, publish: Publish) -> io::Result<Journal> {
         let failed = CancellationToken::new();
-        let compactor = compact::spawn(self.settings.dir.clone())?;
+        // The thread stops with the process.
+        let (compactor, _) = compact::spawn(
+            self.settings.dir.clone(),
+            "endcall-compact",
+            "state journal",
+            compact::compact,
+        )?;
         if self.next_segment > 1 {
             let _ = compactor.send(self.next_segment - 1);
         }
@@ -199,24 +205,12 @@ fn recover(dir: &Path) -> io::Result<(Recovered, u64)> {
     let segments = segment::list(dir)?;
     let last = segments.last().map_or(0, |(id, _)| *id);
     for (_, path) in &segments {
-        let contents = segment::read(path)?;
+        let contents = segment::read::<Record>(record::MAGIC, path)?;
         recovered.segments += 1;
-        if let Some(damage) = &contents.damage {
-            let report = format!(
-                "{}: {} at byte {} of {}; cut off {} bytes, kept {} records before it",
-                path.file_name().map_or_else(
-                    || path.display().to_string(),
-                    |name| name.to_string_lossy().into_owned()
-                ),
-                damage.what,
-                damage.offset,
-                damage.file_len,
-                damage.file_len - damage.offset,
-                contents.records.len(),
-            );
+        if let Some(report) = segment::describe_damage(path, &contents) {
             warn!(journal_damage = %report, "state journal damaged: repaired");
             recovered.damage.push(report);
-            repair(path, &contents)?;
+            segment::repair(path, &contents)?;
         }
         for record in contents.records {
             recovered.records += 1;
@@ -280,21 +274,6 @@ fn recover(dir: &Path) -> io::Result<(Recovered, u64)> {
     Ok((recovered, last))
 }
 
-/// Cuts a damaged segment back to the part that checks out, or removes it if nothing does.
-fn repair(path: &Path, contents: &segment::Contents) -> io::Result<()> {
-    if contents.valid_len == 0 {
-        fs::remove_file(path)?;
-    } else {
-        let file = File::options().write(true).open(path)?;
-        file.set_len(contents.valid_len)?;
-        file.sync_all()?;
-    }
-    if let Some(dir) = path.parent() {
-        segment::sync_dir(dir)?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;
@@ -329,7 +308,7 @@ mod tests {
 
     /// Writes `records` as segment `id`, as the writer would have.
     fn write_segment(dir: &Path, id: u64, records: &[Record]) {
-        let mut bytes = segment::MAGIC.to_vec();
+        let mut bytes = record::MAGIC.to_vec();
         for record in records {
             segment::encode(record, &mut bytes);
         }

@@ -14,6 +14,11 @@ use endcall_core::domain::{
     TeardownResult, Time, Warning,
 };
 
+use super::segment::Magic;
+
+/// What the session journal's segments start with: "EndCall Journal, format 1".
+pub(crate) const MAGIC: &Magic = b"ECJRNL01";
+
 /// One input to one session, at one time.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Record {

@@ -4,6 +4,10 @@
 //! the payload), then `len` bytes of protobuf. A crash can leave a partly written record at
 //! the end of the newest segment (a torn tail), and a bad disk can damage bytes anywhere: both
 //! show as a frame that does not check out, and everything from there on is cut off.
+//!
+//! The framing knows nothing of what a record holds: the session journal's records and the
+//! webhook store's (`src/webhooks/store.rs`) are both kept this way, each in a directory of
+//! its own and with a magic of its own.
 
 use std::{
     fs::{self, File},
@@ -12,19 +16,18 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use prost::Message as _;
+use prost::Message;
 
-use super::record::Record;
+/// The 8 bytes a segment of one kind starts with.
+pub(crate) type Magic = [u8; 8];
 
-/// "EndCall Journal, format 1".
-pub(super) const MAGIC: &[u8; 8] = b"ECJRNL01";
 const FRAME_HEADER: usize = 8;
 /// No record comes near this (ids and texts are capped at a few KiB): a larger length is damage.
 const MAX_RECORD: usize = 1 << 20;
 const SUFFIX: &str = ".journal";
 
 /// Appends `record`, framed, to `out`.
-pub(super) fn encode(record: &Record, out: &mut Vec<u8>) {
+pub(crate) fn encode(record: &impl Message, out: &mut Vec<u8>) {
     let payload = record.encode_to_vec();
     // MAX_RECORD is far below u32::MAX; the registry's input limits keep records small.
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
@@ -35,7 +38,7 @@ pub(super) fn encode(record: &Record, out: &mut Vec<u8>) {
 
 /// Where a segment stops making sense.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Damage {
+pub(crate) struct Damage {
     /// Bytes from here on were cut off.
     pub offset: u64,
     pub file_len: u64,
@@ -43,35 +46,39 @@ pub(super) struct Damage {
 }
 
 /// The records of one segment that check out, and where the rest went wrong, if it did.
-#[derive(Debug, Default)]
-pub(super) struct Contents {
-    pub records: Vec<Record>,
+#[derive(Debug)]
+pub(crate) struct Contents<M> {
+    pub records: Vec<M>,
     /// The length of the part that checks out.
     pub valid_len: u64,
     pub damage: Option<Damage>,
 }
 
 /// Reads a whole segment, stopping at the first frame that does not check out.
-pub(super) fn read(path: &Path) -> io::Result<Contents> {
+pub(crate) fn read<M: Message + Default>(magic: &Magic, path: &Path) -> io::Result<Contents<M>> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
-    Ok(parse(&bytes))
+    Ok(parse(magic, &bytes))
 }
 
-pub(super) fn parse(bytes: &[u8]) -> Contents {
+pub(crate) fn parse<M: Message + Default>(magic: &Magic, bytes: &[u8]) -> Contents<M> {
     let file_len = bytes.len() as u64;
     let damaged = |offset: usize, what| Damage {
         offset: offset as u64,
         file_len,
         what,
     };
-    let mut contents = Contents::default();
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+    let mut contents = Contents {
+        records: Vec::new(),
+        valid_len: 0,
+        damage: None,
+    };
+    if bytes.len() < magic.len() || bytes[..magic.len()] != magic[..] {
         // Created but its header never reached the disk, or not a segment of ours.
         contents.damage = Some(damaged(0, "no segment header"));
         return contents;
     }
-    let mut at = MAGIC.len();
+    let mut at = magic.len();
     while at < bytes.len() {
         let Some(header) = bytes.get(at..at + FRAME_HEADER) else {
             contents.damage = Some(damaged(at, "torn record header at the end"));
@@ -92,7 +99,7 @@ pub(super) fn parse(bytes: &[u8]) -> Contents {
             contents.damage = Some(damaged(at, "checksum mismatch"));
             break;
         }
-        match Record::decode(payload) {
+        match M::decode(payload) {
             Ok(record) => contents.records.push(record),
             Err(_) => {
                 contents.damage = Some(damaged(at, "undecodable record"));
@@ -108,12 +115,12 @@ pub(super) fn parse(bytes: &[u8]) -> Contents {
     contents
 }
 
-pub(super) fn path(dir: &Path, id: u64) -> PathBuf {
+pub(crate) fn path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}{SUFFIX}"))
 }
 
 /// The segments in `dir`, oldest first.
-pub(super) fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+pub(crate) fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut segments = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
@@ -131,28 +138,60 @@ pub(super) fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Creates a new, empty segment whose header is on disk.
-pub(super) fn create(dir: &Path, id: u64) -> io::Result<File> {
+pub(crate) fn create(dir: &Path, id: u64, magic: &Magic) -> io::Result<File> {
     use std::io::Write as _;
     let mut file = File::options()
         .mode(0o600)
         .create_new(true)
         .append(true)
         .open(path(dir, id))?;
-    file.write_all(MAGIC)?;
+    file.write_all(magic)?;
     file.sync_all()?;
     sync_dir(dir)?;
     Ok(file)
 }
 
 /// Makes a file's creation, renaming or removal in `dir` durable.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// One line for the log about a damaged segment: which file, what, where, and what was kept.
+pub(crate) fn describe_damage<M>(path: &Path, contents: &Contents<M>) -> Option<String> {
+    let damage = contents.damage.as_ref()?;
+    Some(format!(
+        "{}: {} at byte {} of {}; cut off {} bytes, kept {} records before it",
+        path.file_name().map_or_else(
+            || path.display().to_string(),
+            |name| name.to_string_lossy().into_owned()
+        ),
+        damage.what,
+        damage.offset,
+        damage.file_len,
+        damage.file_len - damage.offset,
+        contents.records.len(),
+    ))
+}
+
+/// Cuts a damaged segment back to the part that checks out, or removes it if nothing does.
+pub(crate) fn repair<M>(path: &Path, contents: &Contents<M>) -> io::Result<()> {
+    if contents.valid_len == 0 {
+        fs::remove_file(path)?;
+    } else {
+        let file = File::options().write(true).open(path)?;
+        file.set_len(contents.valid_len)?;
+        file.sync_all()?;
+    }
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sessions::journal::record::MachineInput;
+    use crate::sessions::journal::record::{MachineInput, Record, MAGIC};
     use endcall_core::domain::{Event, SessionId, SpeechId, Time};
 
     fn record(i: u32) -> Record {
@@ -174,6 +213,10 @@ mod tests {
             encode(&record(i), &mut bytes);
         }
         bytes
+    }
+
+    fn parse(bytes: &[u8]) -> Contents<Record> {
+        super::parse(MAGIC, bytes)
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
-use super::{segment, JournalSettings, Publish};
+use super::{record::MAGIC, segment, JournalSettings, Publish};
 use crate::telemetry::metrics;
 use endcall_core::domain::SessionId;
 
@@ -37,13 +37,13 @@ pub(super) fn spawn(
     compactor: mpsc::Sender<u64>,
     failed: CancellationToken,
 ) -> io::Result<mpsc::Sender<Append>> {
-    let file = segment::create(&settings.dir, first_segment)?;
+    let file = segment::create(&settings.dir, first_segment, MAGIC)?;
     let (tx, rx) = mpsc::channel();
     let mut writer = Writer {
         settings,
         segment: first_segment,
         file,
-        written: segment::MAGIC.len() as u64,
+        written: MAGIC.len() as u64,
         publish,
         compactor,
     };
@@ -120,10 +120,10 @@ impl Writer {
     /// Seals the active segment, starts the next, and hands the sealed ones to compaction.
     fn rotate(&mut self) -> io::Result<()> {
         let next = self.segment + 1;
-        self.file = segment::create(&self.settings.dir, next)?;
+        self.file = segment::create(&self.settings.dir, next, MAGIC)?;
         let sealed = self.segment;
         self.segment = next;
-        self.written = segment::MAGIC.len() as u64;
+        self.written = MAGIC.len() as u64;
         // The compactor stops only with the process.
         let _ = self.compactor.send(sealed);
         Ok(())

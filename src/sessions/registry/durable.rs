@@ -93,6 +93,15 @@ impl Registry {
                 published: u32::try_from(session.last_seq()).unwrap_or(u32::MAX),
                 session,
             });
+            // A session whose teardown still waits for LiveKit has not ended yet: its report
+            // goes out through `session_ended` once the teardown has its result.
+            if entry.session.is_closed()
+                && !entry.session.teardown_pending()
+                && self.hooks.wants_restored_reports()
+            {
+                self.hooks
+                    .session_restored_ended(Report::of(&id, &entry.session));
+            }
             let retention_over = !entry.session.teardown_pending()
                 && entry
                     .session

@@ -72,6 +72,15 @@ pub trait Hooks: Send + Sync + 'static {
     /// A room to delete, with no session locked. Whoever takes it must answer with
     /// [`Registry::finish_teardown`], whatever happens: until then the session is kept.
     fn teardown(&self, order: TeardownOrder);
+    /// Whether [`Hooks::session_restored_ended`] wants reports.
+    fn wants_restored_reports(&self) -> bool {
+        false
+    }
+    /// At start with a journal: the report of a session the journal gave back already ended
+    /// (whether its retention is still running or not). Its [`Hooks::session_ended`] may or
+    /// may not have been acted on before the restart; for a consumer that must not miss an end
+    /// and can tell what it already has (the webhook store). Called on the starting thread.
+    fn session_restored_ended(&self, _report: Report) {}
     /// Called about once a second on the timer task, after the wheel's own housekeeping.
     fn housekeeping(&self);
 }

@@ -270,3 +270,153 @@ async fn watch_polls_are_batched() {
     assert_eq!(poll.directives.len(), 1);
     assert!(poll.finished);
 }
+
+/// Hooks that keep what the registry hands out.
+#[derive(Default)]
+struct Recording {
+    orders: std::sync::Mutex<Vec<TeardownOrder>>,
+    reports: std::sync::Mutex<Vec<Report>>,
+}
+
+impl Hooks for Recording {
+    fn wants_reports(&self) -> bool {
+        true
+    }
+    fn session_ended(&self, report: Report) {
+        self.reports.lock().unwrap().push(report);
+    }
+    fn teardown(&self, order: TeardownOrder) {
+        self.orders.lock().unwrap().push(order);
+    }
+    fn housekeeping(&self) {}
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_teardown_is_handed_out_once_and_the_session_waits_for_its_result() {
+    use endcall_core::domain::{RoomName, TeardownCause, TeardownResult};
+    let hooks = Arc::new(Recording::default());
+    let wiring = Wiring {
+        hooks: Arc::clone(&hooks) as Arc<dyn Hooks>,
+        ..Wiring::on_current_runtime()
+    };
+    let registry = Registry::start(settings(), wiring).unwrap();
+    let open = Event::Open {
+        options: None,
+        max_duration: None,
+        room: Some(RoomName::new("room-1")),
+        warnings: Vec::new(),
+    };
+    registry.apply("s", open).unwrap();
+    registry.poll_watch("s", 0, 10, true).unwrap();
+    registry.stream_closed("s");
+
+    advance(Duration::from_millis(9_999)).await;
+    settle_timers().await;
+    assert!(hooks.orders.lock().unwrap().is_empty());
+    advance(Duration::from_millis(1)).await;
+    settle_timers().await;
+    let orders = hooks.orders.lock().unwrap().clone();
+    assert_eq!(orders.len(), 1);
+    assert_eq!(orders[0].room, RoomName::new("room-1"));
+    assert_eq!(orders[0].cause, TeardownCause::WorkerLost);
+    assert_eq!(registry.live_sessions(), 0);
+    assert!(hooks.reports.lock().unwrap().is_empty(), "not ended yet");
+
+    // Well past the retention, the session is still there: LiveKit has not answered.
+    advance(Duration::from_secs(600)).await;
+    settle_timers().await;
+    assert!(registry.report("s").is_some());
+
+    let done = TeardownDone {
+        result: TeardownResult::RoomDeleted,
+        attempts: 2,
+        error: None,
+    };
+    registry.finish_teardown(&SessionId::new("s"), done.clone());
+    registry.finish_teardown(&SessionId::new("s"), done);
+    let reports = hooks.reports.lock().unwrap().clone();
+    assert_eq!(reports.len(), 1, "one report, once the result is known");
+    let teardown = reports[0].teardown.clone().unwrap();
+    assert_eq!(teardown.result, Some(TeardownResult::RoomDeleted));
+    assert_eq!(teardown.attempts, 2);
+    assert_eq!(reports[0].outcome, Some(Outcome::WorkerLost));
+
+    // Then the retention, already over, lets it go.
+    advance(Duration::from_secs(1)).await;
+    settle_timers().await;
+    assert!(registry.report("s").is_none());
+    assert_eq!(hooks.orders.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attended_session_with_a_stream_does_not_expire_idle() {
+    let registry = Registry::start(settings(), Wiring::on_current_runtime()).unwrap();
+    registry.poll_watch("s", 0, 10, true).unwrap();
+    advance(Duration::from_secs(3600)).await;
+    settle_timers().await;
+    assert_eq!(registry.report("s").unwrap().state, State::Active);
+    registry.stream_closed("s");
+    advance(Duration::from_secs(10)).await;
+    settle_timers().await;
+    let report = registry.report("s").unwrap();
+    assert_eq!(report.outcome, Some(Outcome::WorkerLost));
+}
+
+/// Hooks that want the reports of sessions restored already ended, and keep their ids.
+#[derive(Default)]
+struct RestoredReports(std::sync::Mutex<Vec<String>>);
+
+impl Hooks for RestoredReports {
+    fn wants_reports(&self) -> bool {
+        false
+    }
+    fn session_ended(&self, _: Report) {}
+    fn teardown(&self, _: TeardownOrder) {}
+    fn housekeeping(&self) {}
+    fn wants_restored_reports(&self) -> bool {
+        true
+    }
+    fn session_restored_ended(&self, report: Report) {
+        self.0.lock().unwrap().push(report.session_id.to_string());
+    }
+}
+
+/// A restart offers every session the journal gives back ended (the webhook store then queues
+/// any whose event it does not know), one past its retention too, and no live one.
+#[tokio::test]
+async fn a_restart_offers_the_sessions_restored_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = || {
+        Opened::open(journal::JournalSettings {
+            dir: dir.path().to_owned(),
+            segment_bytes: 1 << 20,
+        })
+        .unwrap()
+    };
+    let mut short = settings();
+    short.closed_retention = Duration::from_millis(1);
+    {
+        let registry =
+            Registry::start_durable(settings(), Wiring::on_current_runtime(), journal()).unwrap();
+        for (id, event) in [("closed", close()), ("live", realtime_end_call("S"))] {
+            if let Some(durable) = registry.apply(id, event).unwrap().durable {
+                durable.await.unwrap();
+            }
+        }
+        registry.sync_journal().unwrap().await.unwrap();
+    }
+    // Past the 1 ms retention on restart: "closed" is offered, then dropped.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let hooks = Arc::new(RestoredReports::default());
+    let wiring = Wiring {
+        hooks: hooks.clone(),
+        ..Wiring::on_current_runtime()
+    };
+    let registry = Registry::start_durable(short, wiring, journal()).unwrap();
+    assert_eq!(*hooks.0.lock().unwrap(), ["closed"]);
+    assert!(
+        registry.report("closed").is_none(),
+        "dropped: its retention is over"
+    );
+    assert!(registry.report("live").is_some());
+}

@@ -265,3 +265,79 @@ async fn metrics_count_shed_requests_and_refused_watchers_and_report_live_tasks(
         "{body}"
     );
 }
+
+/// With webhooks on, their series read 0 from the start, and a failing receiver shows as
+/// retried attempts, a queue depth and an oldest pending age; without, there are none.
+#[tokio::test]
+async fn webhook_metrics_start_at_zero_and_show_a_failing_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    // Nothing listens on this port: every attempt is refused.
+    let receiver = format!("http://127.0.0.1:{}/hook", free_port());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let sidecar = Sidecar::start(&[
+        "--metrics-listen",
+        &listen,
+        "--webhook-url",
+        &receiver,
+        "--webhook-secret-file",
+        secret.to_str().unwrap(),
+        "--webhook-backoff",
+        "20ms",
+        "--webhook-backoff-max",
+        "50ms",
+    ]);
+    let body = scrape(port);
+    for result in ["delivered", "retried", "gave_up", "gone", "dropped", "lost"] {
+        assert_eq!(
+            sample(
+                &body,
+                "endcall_webhook_deliveries_total",
+                &[("result", result)]
+            ),
+            Some(0.0),
+            "{result}: {body}"
+        );
+    }
+    assert_eq!(sample(&body, "endcall_webhook_queue_depth", &[]), Some(0.0));
+
+    let channel = probe::connect(&sidecar.addr, PATIENCE).await.unwrap();
+    let mut c = EndCallServiceClient::new(channel);
+    c.on_session_close(close("wh-1", CloseReason::UserInitiated))
+        .await
+        .unwrap();
+    // Retries pile up, and the gauges (sampled each second) show the pending delivery.
+    let deadline = Instant::now() + PATIENCE;
+    let body = loop {
+        let body = scrape(port);
+        let retried = sample(
+            &body,
+            "endcall_webhook_deliveries_total",
+            &[("result", "retried")],
+        )
+        .unwrap_or(0.0);
+        let oldest = sample(&body, "endcall_webhook_oldest_pending_seconds", &[]).unwrap_or(0.0);
+        if retried >= 2.0 && oldest > 0.0 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        sample(&body, "endcall_webhook_queue_depth", &[]),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(
+        sample(&body, "endcall_webhook_attempt_seconds_count", &[]).unwrap_or(0.0) >= 2.0,
+        "{body}"
+    );
+
+    let plain_port = free_port();
+    let plain_listen = format!("127.0.0.1:{plain_port}");
+    let _plain = Sidecar::start(&["--metrics-listen", &plain_listen]);
+    let body = scrape(plain_port);
+    assert!(!body.contains("endcall_webhook_"), "{body}");
+}

@@ -73,15 +73,30 @@ export interface SidecarEndCallToolOptions<UserData = unknown> {
   silenceReminders?: number;
   /** The instructions of each reminder's reply (`silence_reminder_instructions`). Unset: the sidecar's default. */
   silenceReminderInstructions?: string;
-  /** The sidecar session id of an agent session. Default: the job id (if any) and a random suffix. */
-  sessionId?: (ctx: voice.RunContext<UserData>) => string;
+  /**
+   * The sidecar session id of an agent session. Called with the `RunContext` of the session's
+   * first end_call, or with `{ session }` when the session is attached. Default: the job id (if
+   * any) and a random suffix.
+   */
+  sessionId?(ctx: SessionRef<UserData>): string;
   /** Default: the `@livekit/agents` logger (console if it is not initialised). */
   logger?: ToolLogger;
   /** Options of the WatchSession follower. */
   watch?: Omit<SessionWatcherOptions, 'afterSeq' | 'onDirective'>;
 }
 
+/** What `sessionId` is given: the agent session (a `RunContext` of end_call is one too). */
+export interface SessionRef<UserData = unknown> {
+  readonly session: voice.AgentSession<UserData>;
+}
+
 export interface AttachOptions {
+  /**
+   * The LiveKit room the call runs in. Default: the current job's room (`getJobContext()`:
+   * the connected room's name, else the room the job was dispatched to). Outside a job and
+   * without it, the session is opened without a room.
+   */
+  room?: string;
   /**
    * Sidecar extension: when the call has lasted this long, `WIND_UP` asks the agent to say
    * goodbye, and the session is ended after the sidecar's grace period. Unset: no limit.
@@ -99,17 +114,19 @@ export type SidecarEndCallToolset = llm.Toolset & {
   /** The client the tool talks to. */
   readonly client: EndCallClient;
   /**
-   * Starts following an agent session at its start (call it right after `session.start(...)`):
-   * opens the sidecar session with the tool's options, holds the `WatchSession` stream for the
-   * directives the sidecar's timers issue (the silence ladder's and the maximum duration's), and
-   * reports the session's speeches and the user's final transcripts from then on. Without it the
-   * tool follows a session from its first end_call. Returns the sidecar session id; attaching a
-   * session again changes nothing.
+   * Starts following an agent session at its start (recommended: before or right after
+   * `session.start(...)`). Opens the sidecar session with the tool's options and the room, and
+   * holds the `WatchSession` stream from then on; speeches and the user's final transcripts are
+   * reported from then on. The stream is the worker's lease: a sidecar configured for it hangs
+   * the call up itself when the worker is lost or never closes the session; the directives of
+   * the sidecar's timers (the silence ladder's and the maximum duration's) come on it. Without
+   * it the tool follows a session from its first end_call. Returns the sidecar session id;
+   * attaching a session again changes nothing.
    */
   attach(session: AnySession, options?: AttachOptions): string;
   /** Fetches the tool definition from the sidecar (once; later calls share the answer). */
   definition(): Promise<ToolDefinition__Output | undefined>;
-  /** The sidecar session id used for an agent session, if end_call was called in it. */
+  /** The sidecar session id used for an agent session, if it was attached or end_call was called in it. */
   sessionIdOf(session: AnySession): string | undefined;
   /** Resolves once everything reported for the session was answered and carried out. */
   idle(session: AnySession): Promise<void>;
@@ -170,7 +187,23 @@ interface EndCallSpeech {
   local: boolean;
 }
 
-/** Everything the tool knows about one agent session, from its first end_call on. */
+/** The room of the current job: the connected room's name, else the room it was dispatched to. */
+export function jobRoomName(job: JobContext | undefined): string | undefined {
+  if (!job) return undefined;
+  const fromRoom = (): string | undefined => job.room?.name;
+  const fromJob = (): string | undefined => job.job?.room?.name;
+  for (const get of [fromRoom, fromJob]) {
+    try {
+      const name = get();
+      if (typeof name === 'string' && name !== '') return name;
+    } catch {
+      // a context without a room (a fake job, a test double)
+    }
+  }
+  return undefined;
+}
+
+/** Everything the tool knows about one agent session, from its attach or first end_call on. */
 class Binding {
   mode: 'sidecar' | 'local' = 'sidecar';
   readonly sidecar: SidecarSession;
@@ -179,6 +212,8 @@ class Binding {
   closed = false;
   /** Reporting the user's final transcripts (from the attach on). */
   listening = false;
+  /** Attached: OpenSession sent and the stream held. */
+  opened = false;
   closeReason: string | undefined;
   closeAnswered: Promise<void> | undefined;
   deleteRoomDirected = false;
@@ -215,17 +250,15 @@ class Binding {
 
   // ---- reporting ----------------------------------------------------------------------------
 
-  /** Attached: OpenSession sent and the stream held. */
-  opened = false;
-
-  /** Opens the sidecar session and holds the watch stream from now on. */
-  open(options: SessionOptions, attach: AttachOptions): void {
+  /** Opens the sidecar session (with the room) and holds the watch stream from now on. */
+  open(options: SessionOptions, room: string | undefined, attach: AttachOptions): void {
     if (this.opened || this.mode !== 'sidecar' || this.closed) return;
     this.opened = true;
     this.sidecar.watch();
     this.sidecar
       .open({
         options,
+        ...(room ? { room } : {}),
         ...(attach.maxDurationMs === undefined ? {} : { maxDuration: durationFromMs(attach.maxDurationMs) }),
         maxDurationWarnings: (attach.maxDurationWarnings ?? []).map((w) => ({
           before: durationFromMs(w.beforeMs),
@@ -483,7 +516,7 @@ export function createSidecarEndCallTool<UserData = unknown>(
   const fallbackOutput =
     options.endInstructions === undefined ? 'say goodbye to the user' : (options.endInstructions ?? undefined);
 
-  const bindingFor = (ctx: voice.RunContext<UserData>): Binding => {
+  const bindingFor = (ctx: SessionRef<UserData>): Binding => {
     const session = ctx.session as AnySession;
     let binding = bindings.get(session);
     if (!binding) {
@@ -577,9 +610,8 @@ export function createSidecarEndCallTool<UserData = unknown>(
     definition: loadDefinition,
     sessionIdOf: (session: AnySession) => bindings.get(session)?.sessionId,
     attach: (session: AnySession, attachOptions: AttachOptions = {}) => {
-      // The session id callback sees the session, as it would in a RunContext.
-      const binding = bindingFor({ session } as voice.RunContext<UserData>);
-      binding.open(sessionOptions, attachOptions);
+      const binding = bindingFor({ session } as SessionRef<UserData>);
+      binding.open(sessionOptions, attachOptions.room || jobRoomName(binding.job()), attachOptions);
       binding.listenToUser();
       return binding.sessionId;
     },

@@ -35,6 +35,9 @@ from .types import (
     SessionState,
     ShutdownCause,
     TimeLimitWarning,
+    Teardown,
+    TeardownCause,
+    TeardownResult,
     ToolDefinition,
     Unset,
 )
@@ -72,6 +75,9 @@ __all__ = [
     "SessionState",
     "ShutdownCause",
     "TimeLimitWarning",
+    "Teardown",
+    "TeardownCause",
+    "TeardownResult",
     "ToolDefinition",
     "SidecarEndCallTool",
 ]

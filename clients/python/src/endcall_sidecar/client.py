@@ -127,9 +127,12 @@ class EndCallClient:
         *,
         max_duration: float | None = None,
         max_duration_warnings: "list[TimeLimitWarning] | tuple[TimeLimitWarning, ...]" = (),
+        room: str | None = None,
         timeout: float | None = None,
     ) -> OpenSessionResult:
-        """``max_duration_warnings`` (with ``max_duration``): reminders before the limit, each
+        """Open a session before its first event. ``room`` is the LiveKit room the call runs
+        in: with it the sidecar can hang the call up itself when the worker is lost.
+        ``max_duration_warnings`` (with ``max_duration``): reminders before the limit, each
         issued once as a REMIND directive at its time."""
         req = pb.OpenSessionRequest(session_id=session_id)
         if options is not None:
@@ -138,6 +141,8 @@ class EndCallClient:
             req.max_duration.FromTimedelta(_dt.timedelta(seconds=max_duration))
         for warning in max_duration_warnings:
             req.max_duration_warnings.append(warning.to_proto())
+        if room:
+            req.room = room
         r = await self._unary("OpenSession", req, timeout)
         return OpenSessionResult(SessionState(r.state), ResolvedOptions.from_proto(r.options))
 

@@ -30,6 +30,7 @@ from livekit.agents.voice.events import (
 from .client import DEFAULT_ADDRESS, EndCallClient
 from .engine import LocalDirective, LocalEngine
 from .errors import FailedPrecondition, SidecarError
+from .security import resolve_security
 from .types import (
     UNSET,
     CloseReason,
@@ -38,6 +39,7 @@ from .types import (
     ModelCapabilities,
     SessionOptions,
     TimeLimitWarning,
+    ToolDefinition,
     Unset,
 )
 
@@ -63,12 +65,61 @@ class _ToolSpeech:
     reply_output_given: bool | None = None  # as the sidecar's EndCall reply said
 
 
+def _job_room_name(job_ctx: Any) -> str | None:
+    """The LiveKit room of a job: the connected room's name, else the one the job was
+    dispatched to (known before ``ctx.connect()``)."""
+    if job_ctx is None:
+        return None
+    for get in (lambda: job_ctx.room.name, lambda: job_ctx.job.room.name):
+        try:
+            name = get()
+        except Exception:  # a context without a room (a fake job, a test double)
+            continue
+        if isinstance(name, str) and name:
+            return name
+    return None
+
+
 def _capabilities(activity: Any) -> ModelCapabilities:
     rt = getattr(activity, "realtime_llm_session", None)
     return ModelCapabilities(
         realtime=isinstance(getattr(activity, "llm", None), RealtimeModel),
         auto_tool_reply=bool(rt is not None and rt.capabilities.auto_tool_reply_generation),
     )
+
+
+# One client per event loop, sidecar address, call timeout and security settings, shared by
+# every tool made without a client: a worker process then holds one gRPC channel to its sidecar
+# instead of opening (and closing) one per session, about 0.65 ms of CPU each time with its first
+# RPC (docs/performance.md). A channel belongs to its event loop, hence one set per loop.
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, EndCallClient]] = (
+    weakref.WeakKeyDictionary()
+)
+# GetTool's answers, per client and arguments: the definition follows from the sidecar's flags,
+# so it is asked once per client rather than at every agent activation.
+_definitions: weakref.WeakKeyDictionary[EndCallClient, dict[tuple, ToolDefinition]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _shared_client(key: tuple, address: str, timeout: float) -> EndCallClient:
+    clients = _shared.setdefault(asyncio.get_running_loop(), {})
+    client = clients.get(key)
+    if client is None:
+        client = clients[key] = EndCallClient(address, timeout=timeout)
+    return client
+
+
+async def _tool_definition(
+    client: EndCallClient, extra_description: str | None, ignore_on_enter: bool | None
+) -> ToolDefinition:
+    known = _definitions.setdefault(client, {})
+    key = (extra_description, ignore_on_enter)
+    if key not in known:
+        known[key] = await client.get_tool(
+            extra_description=extra_description, ignore_on_enter=ignore_on_enter
+        )
+    return known[key]
 
 
 class _Binding:
@@ -173,11 +224,13 @@ class _Binding:
             )
             self._watch_task.add_done_callback(lambda _: self._maybe_finish())
 
-    def submit_open(self, max_duration: float | None) -> None:
-        # Directives from the sidecar's timers (WIND_UP, REMIND, and their SHUTDOWN_SESSION)
-        # come on the stream only; the silence ladder may be on by the sidecar's own default.
+    def submit_open(self, max_duration: float | None, room: str | None) -> None:
+        # The stream is held from the session's start: the sidecar takes it as the worker's
+        # lease (a session whose stream is gone too long has lost its worker), and the
+        # directives of its timers (WIND_UP, REMIND and their SHUTDOWN_SESSION) come on the
+        # stream only.
         self._start_watcher()
-        self._enqueue("open", (max_duration,))
+        self._enqueue("open", (max_duration, room))
 
     def submit_end_call(self, speech_id: str, caps: ModelCapabilities) -> asyncio.Future:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -218,13 +271,14 @@ class _Binding:
     ) -> None:
         sid = self.session_id
         if kind == "open":
-            (max_duration,) = args
+            max_duration, room = args
             if not self.fallback:
                 try:
                     await client.open_session(
                         sid,
                         self.tool._options,
                         max_duration=max_duration,
+                        room=room,
                         max_duration_warnings=self.warnings,
                     )
                 except SidecarError as e:
@@ -466,7 +520,9 @@ class SidecarEndCallTool(Toolset):
         session_id: the sidecar session id: a string, or a function of the AgentSession.
             Default: the job id plus a random suffix.
         rpc_timeout: seconds each call to the sidecar may take before it counts as down.
-        client: an ``EndCallClient`` to share between tools (then ``address`` is unused).
+        client: an ``EndCallClient`` to use (then ``address`` is unused). Without it the tools
+            of a process share one client per event loop, address and security settings
+            (their channel stays open for the process's life).
     """
 
     def __init__(
@@ -508,21 +564,27 @@ class SidecarEndCallTool(Toolset):
         self._session_id = session_id
         self._rpc_timeout = rpc_timeout
         self._watch_attempts = watch_attempts
-        self._client = client
-        self._own_client = client is None
+        self._client = client  # else the shared one, on first use (_shared_client)
+        self._key: tuple | None = None
         self._bindings: weakref.WeakKeyDictionary[Any, _Binding] = weakref.WeakKeyDictionary()
-        self._live: set[_Binding] = set()
-        self._closing = False
-        self.tool_definition = None  # the sidecar's ToolDefinition once setup() fetched it
+        self._live: set[_Binding] = set()  # sessions still reporting or watching
+        # The sidecar's ToolDefinition once setup() fetched it, or at once if this process's
+        # shared client already has it.
+        self.tool_definition: ToolDefinition | None = self._known_definition()
 
-        extra = "" if extra_description is UNSET else str(extra_description)
-        description = f"{_FALLBACK_DESCRIPTION}\n{extra}" if extra else _FALLBACK_DESCRIPTION
-        flag = ignore_on_enter is not UNSET and bool(ignore_on_enter)
+        if self.tool_definition is not None:
+            description = self.tool_definition.description
+            flag = self.tool_definition.ignore_on_enter
+        else:
+            extra = "" if extra_description is UNSET else str(extra_description)
+            description = f"{_FALLBACK_DESCRIPTION}\n{extra}" if extra else _FALLBACK_DESCRIPTION
+            flag = ignore_on_enter is not UNSET and bool(ignore_on_enter)
         super().__init__(id="end_call", tools=[self._make_tool(description, flag)])
 
     # ---- tool definition -------------------------------------------------------------------
 
     def _make_tool(self, description: str, ignore_on_enter: bool) -> llm.FunctionTool:
+        self._made = (description, ignore_on_enter)
         return function_tool(
             self._end_call,
             name="end_call",
@@ -530,16 +592,34 @@ class SidecarEndCallTool(Toolset):
             flags=ToolFlag.IGNORE_ON_ENTER if ignore_on_enter else ToolFlag.NONE,
         )
 
+    def _definition_args(self) -> tuple[str | None, bool | None]:
+        opts = self._options
+        return (
+            None if opts.extra_description is UNSET else str(opts.extra_description),
+            None if opts.ignore_on_enter is UNSET else bool(opts.ignore_on_enter),
+        )
+
+    def _known_definition(self) -> ToolDefinition | None:
+        """The definition GetTool gave this process's shared client before, if any (building
+        the tool once, not twice, is half of what a tool costs to make)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        client = self._client or _shared.get(loop, {}).get(self._shared_key())
+        if client is None:
+            return None
+        return _definitions.get(client, {}).get(self._definition_args())
+
+    def _shared_key(self) -> tuple:
+        if self._key is None:  # the security settings read once, as a client reads them
+            self._key = (self._address, self._rpc_timeout, resolve_security())
+        return self._key
+
     async def setup(self) -> "SidecarEndCallTool":
         """Fetch the tool's description and flags from the sidecar (``GetTool``)."""
-        opts = self._options
         try:
-            td = await self._get_client().get_tool(
-                extra_description=(
-                    None if opts.extra_description is UNSET else str(opts.extra_description)
-                ),
-                ignore_on_enter=None if opts.ignore_on_enter is UNSET else opts.ignore_on_enter,
-            )
+            td = await _tool_definition(self._get_client(), *self._definition_args())
         except SidecarError as e:
             logger.error(
                 "endcall-sidecar: GetTool failed at %s (%s); using the built-in description",
@@ -548,26 +628,14 @@ class SidecarEndCallTool(Toolset):
             )
         else:
             self.tool_definition = td
-            self._tools = [self._make_tool(td.description, td.ignore_on_enter)]
+            if self._made != (td.description, td.ignore_on_enter):
+                self._tools = [self._make_tool(td.description, td.ignore_on_enter)]
         await super().setup()
         return self
 
-    async def aclose(self) -> None:
-        # Agent-scoped toolsets are closed before the session's close event: keep the channel
-        # open until every live session has reported its close.
-        self._closing = True
-        if not self._live:
-            await self._close_client()
-        await super().aclose()
-
-    async def _close_client(self) -> None:
-        if self._own_client and self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
-
     def _get_client(self) -> EndCallClient:
         if self._client is None:
-            self._client = EndCallClient(self._address, timeout=self._rpc_timeout)
+            self._client = _shared_client(self._shared_key(), self._address, self._rpc_timeout)
         return self._client
 
     def _local_end_instructions(self) -> str | None:
@@ -590,20 +658,27 @@ class SidecarEndCallTool(Toolset):
         session: Any,
         *,
         max_duration: float | None = None,
+        room: str | None = None,
         max_duration_warnings: "list[TimeLimitWarning | tuple[float, str]]" = (),  # type: ignore[assignment]
     ) -> str:
-        """Start reporting a session before its first end_call (optional).
+        """Start following ``session`` at its start (recommended: before or right after
+        ``session.start(...)``, inside the job).
 
         Without it the tool follows a session from the first end_call on, like LiveKit's tool.
-        Attaching early opens the sidecar session with the tool's options, reports a close
-        without any end_call (for the sidecar's report), and with ``max_duration`` (seconds)
-        lets the sidecar wind the call up when it lasts too long (extension: the agent is asked
-        to say goodbye, then the session is ended after the sidecar's grace period).
+        Attaching opens the sidecar session with the tool's options and the job's room name,
+        and holds the ``WatchSession`` stream from then on. That stream is the worker's lease:
+        a sidecar configured for it (``--worker-lost-after``, ``--close-deadline`` and LiveKit
+        credentials) hangs the call up itself, by deleting the room, when the worker is lost or
+        never closes the session. The sidecar also reports a close without any end_call, and
+        with ``max_duration`` (seconds) winds the call up when it lasts too long (the agent is
+        asked to say goodbye, then the session is ended after the sidecar's grace period).
         ``max_duration_warnings`` (with ``max_duration``) are reminders before the limit:
         ``TimeLimitWarning(before=60, instructions="Tell the caller there is one minute left.")``
         or the pair ``(60, "...")``. From the attach on, the user's final transcripts are
         reported (``OnUserSpeech``), for the silence ladder (``silence_timeout``).
-        Returns the sidecar session id.
+
+        ``room`` defaults to the current job's room name (``get_job_context()``); a session
+        outside a job, with no ``room``, is opened without one. Returns the sidecar session id.
         """
         b = self._binding(session)
         b.warnings = tuple(
@@ -611,7 +686,7 @@ class SidecarEndCallTool(Toolset):
             for w in max_duration_warnings
         )
         b.listen_to_user()
-        b.submit_open(max_duration)
+        b.submit_open(max_duration, room if room else _job_room_name(b.job_ctx))
         return b.session_id
 
     def _binding(self, session: Any) -> _Binding:
@@ -643,8 +718,6 @@ class SidecarEndCallTool(Toolset):
 
     def _binding_finished(self, b: _Binding) -> None:
         self._live.discard(b)
-        if self._closing and not self._live:
-            asyncio.get_running_loop().create_task(self._close_client())
 
     # ---- the tool ---------------------------------------------------------------------------
 

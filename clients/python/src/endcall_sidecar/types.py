@@ -138,6 +138,26 @@ class EndedReason(enum.IntEnum):
     WORKER_LOST = pb.ENDED_REASON_WORKER_LOST
 
 
+class TeardownCause(enum.IntEnum):
+    """Why the sidecar ended a call itself."""
+
+    UNSPECIFIED = pb.TEARDOWN_CAUSE_UNSPECIFIED
+    WORKER_LOST = pb.TEARDOWN_CAUSE_WORKER_LOST
+    CLOSE_DEADLINE = pb.TEARDOWN_CAUSE_CLOSE_DEADLINE
+
+
+class TeardownResult(enum.IntEnum):
+    """What the sidecar's teardown did; UNSPECIFIED while LiveKit is being asked."""
+
+    UNSPECIFIED = pb.TEARDOWN_RESULT_UNSPECIFIED
+    ROOM_DELETED = pb.TEARDOWN_RESULT_ROOM_DELETED
+    ROOM_ALREADY_GONE = pb.TEARDOWN_RESULT_ROOM_ALREADY_GONE
+    ROOM_KEPT = pb.TEARDOWN_RESULT_ROOM_KEPT
+    NO_ROOM = pb.TEARDOWN_RESULT_NO_ROOM
+    NOT_CONFIGURED = pb.TEARDOWN_RESULT_NOT_CONFIGURED
+    FAILED = pb.TEARDOWN_RESULT_FAILED
+
+
 def _ts(msg, has: bool = True) -> _dt.datetime | None:
     if not has:
         return None
@@ -392,7 +412,10 @@ class SessionReport:
     timeline: tuple[TimelineEntry, ...]
     timeline_dropped: int
     directives: tuple[Directive, ...]
-    raw: pb.SessionReport = field(repr=False, compare=False)
+    room: str = ""
+    attended: bool = False
+    teardown: "Teardown | None" = None
+    raw: pb.SessionReport = field(default_factory=pb.SessionReport, repr=False, compare=False)
     ended_reason: EndedReason = EndedReason.UNSPECIFIED
     """Why the call ended; UNSPECIFIED until the session is closed."""
 
@@ -423,8 +446,34 @@ class SessionReport:
             timeline=tuple(timeline),
             timeline_dropped=m.timeline_dropped,
             directives=tuple(Directive.from_proto(d) for d in m.directives),
+            room=m.room,
+            attended=m.attended,
+            teardown=Teardown.from_proto(m.teardown) if m.HasField("teardown") else None,
             raw=m,
             ended_reason=_enum(EndedReason, m.ended_reason),
+        )
+
+
+@dataclass(frozen=True)
+class Teardown:
+    """The sidecar ending a call itself because its worker could not."""
+
+    cause: TeardownCause
+    decided_at: _dt.datetime | None
+    result: TeardownResult
+    attempts: int
+    finished_at: _dt.datetime | None
+    error: str
+
+    @classmethod
+    def from_proto(cls, m: pb.Teardown) -> "Teardown":
+        return cls(
+            cause=_enum(TeardownCause, m.cause),
+            decided_at=_ts(m.decided_at, m.HasField("decided_at")),
+            result=_enum(TeardownResult, m.result),
+            attempts=m.attempts,
+            finished_at=_ts(m.finished_at, m.HasField("finished_at")),
+            error=m.error,
         )
 
 

@@ -22,6 +22,14 @@ impl Report {
     /// Appends the report to `out` as one JSON object (the worker's close error is left out:
     /// it may hold user data).
     pub fn write_json(&self, out: &mut String) {
+        self.write_json_with(out, false);
+    }
+
+    /// Like [`Report::write_json`], with the worker's close error as a last member,
+    /// `"error_message"` (a string, or `null` when the close gave none), when `error_message`
+    /// is set: for a receiver the operator chose to trust with it (the webhook's
+    /// `--webhook-include-error-message`). The name is `GetSession`'s.
+    pub fn write_json_with(&self, out: &mut String, error_message: bool) {
         let mut o = Object::open(out);
         string(o.key("session_id"), self.session_id.as_str());
         name(o.key("state"), self.state.as_str());
@@ -51,6 +59,9 @@ impl Report {
         number(o.key("timeline_dropped"), u64::from(self.timeline_dropped));
         array(o.key("directives"), &self.directives, directive);
         option(o.key("teardown"), self.teardown.as_ref(), teardown);
+        if error_message {
+            option(o.key("error_message"), self.close_error.as_deref(), string);
+        }
         o.close();
     }
 }
@@ -478,6 +489,38 @@ mod tests {
             };
             let report = Report::of(&SessionId::new(&id), &session(options, &steps));
             prop_assert_eq!(written(&report), serde_json::to_string(&report).unwrap());
+        }
+    }
+
+    /// With the error asked for, the object is the same with one member more, last.
+    #[test]
+    fn the_error_message_is_a_last_member_only_when_asked_for() {
+        let closed = |error: Option<&str>| {
+            let mut session = Session::new(Arc::new(Options::default()), Time::from_micros(0));
+            let close = Event::SessionClose {
+                reason: CloseReason::Error,
+                error: error.map(str::to_owned),
+            };
+            session
+                .handle(close, Time::from_micros(1), &TIMING)
+                .unwrap();
+            Report::of(&SessionId::new("call-1"), &session)
+        };
+        for (error, member) in [
+            (
+                Some("quote \" and\nline"),
+                r#""error_message":"quote \" and\nline""#,
+            ),
+            (None, r#""error_message":null"#),
+        ] {
+            let report = closed(error);
+            let without = written(&report);
+            let mut with = String::new();
+            report.write_json_with(&mut with, true);
+            let expected = format!("{},{member}}}", &without[..without.len() - 1]);
+            assert_eq!(with, expected);
+            let parsed: serde_json::Value = serde_json::from_str(&with).unwrap();
+            assert_eq!(parsed["error_message"].as_str(), error);
         }
     }
 
