@@ -40,7 +40,7 @@ impl InProcess {
         teardowns.start(Arc::downgrade(&registry), None);
         let service = EndCallApi::new(
             Arc::clone(&registry),
-            config.wind_up_instructions,
+            config.wind_up,
             CancellationToken::new(),
         );
         Ok(Self { service, registry })

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::{load::NO_SESSION_LIMIT, results::mib, throughput, Args, Report};
+use crate::{load::SESSION_SERVER_FLAGS, results::mib, throughput, Args, Report};
 
 /// Runs the section; `in_memory` is the throughput section's lifecycle RPC/s, if it ran.
 pub(crate) async fn run(args: &Args, in_memory: Option<f64>, report: &mut Report) {
@@ -14,7 +14,7 @@ pub(crate) async fn run(args: &Args, in_memory: Option<f64>, report: &mut Report
     let state_dir = dir.display().to_string();
     let server = args.server.start(
         "127.0.0.1:0",
-        &[&NO_SESSION_LIMIT[..], &["--state-dir", &state_dir]].concat(),
+        &[&SESSION_SERVER_FLAGS[..], &["--state-dir", &state_dir]].concat(),
     );
     println!(
         "durable server pid {} with --state-dir {state_dir}",

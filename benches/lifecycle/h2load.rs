@@ -12,7 +12,7 @@ use prost::Message as _;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 use crate::{
-    load::{health_check, NO_SESSION_LIMIT},
+    load::{health_check, SESSION_SERVER_FLAGS},
     Args, Report,
 };
 
@@ -131,7 +131,7 @@ pub(crate) async fn run(args: &Args, tonic_health_rps: Option<f64>, report: &mut
         return;
     }
     // A fresh server, as for the latency runs.
-    let server = &args.server.start("127.0.0.1:0", &NO_SESSION_LIMIT);
+    let server = &args.server.start("127.0.0.1:0", &SESSION_SERVER_FLAGS);
     let Some(url) = server.url() else { return };
     let dir = std::env::temp_dir().join(format!("endcall-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");

@@ -5,7 +5,7 @@
 use endcall_testkit::process::Sidecar;
 
 use crate::{
-    load::{interleaved, open_loop, Work, NO_SESSION_LIMIT},
+    load::{interleaved, open_loop, Work, SESSION_RPCS, SESSION_SERVER_FLAGS},
     results::{first_error, fmt_us, percentile},
     Args, Report,
 };
@@ -13,7 +13,7 @@ use crate::{
 /// Runs the section at `args.latency_load` of `ceiling` (health RPC/s).
 pub(crate) async fn run(args: &Args, ceiling: f64, report: &mut Report) {
     // A fresh server: no earlier run's sessions, and no earlier run's timers coming due.
-    let server = args.server.start("127.0.0.1:0", &NO_SESSION_LIMIT);
+    let server = args.server.start("127.0.0.1:0", &SESSION_SERVER_FLAGS);
     measure(args, ceiling, &server, "latency", report).await;
 }
 
@@ -63,7 +63,7 @@ pub(crate) async fn measure(
         "health Check p50 / p99 / p999",
         format!("{} / {} / {}", fmt_us(hp[0]), fmt_us(hp[1]), fmt_us(hp[2])),
     );
-    for rpc in ["EndCall", "OnSpeechDone", "OnSessionClose"] {
+    for rpc in SESSION_RPCS {
         let l = lifecycle.latencies.get(rpc).unwrap_or(&empty);
         let lp = [50.0, 99.0, 99.9].map(|p| percentile(l, p));
         let ratio = |i: usize| lp[i].as_secs_f64() / hp[i].as_secs_f64().max(1e-9);

@@ -12,7 +12,9 @@ use std::{
 };
 
 use endcall_sidecar::proto::v1::{CloseReason, DirectiveKind, SessionState};
-use endcall_testkit::{close, done, end_call, process::Sidecar, realtime_end_call_within, Client};
+use endcall_testkit::{
+    close, done, end_call, process::Sidecar, realtime_end_call_within, user_speech, Client,
+};
 use tonic::transport::Channel;
 use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
@@ -20,8 +22,15 @@ use tonic_health::pb::{
 
 /// The servers of the rate-bound sections: closed sessions are kept for their retention (5 min
 /// by default), so at thousands of sessions a second the default limit (100,000) would refuse
-/// sessions within a minute.
-pub(crate) const NO_SESSION_LIMIT: [&str; 2] = ["--max-sessions", "10000000"];
+/// sessions within a minute. Every session has the silence ladder on (a 30 s silence timeout,
+/// a reminder after 10 s, the defaults otherwise), so that each session's `OnUserSpeech`
+/// starts its silence again and moves its deadline, as in a call that uses it.
+pub(crate) const SESSION_SERVER_FLAGS: [&str; 4] =
+    ["--max-sessions", "10000000", "--silence-timeout", "30s"];
+
+/// The RPCs of one session, in order: the names the latency section reports them by.
+pub(crate) const SESSION_RPCS: [&str; 4] =
+    ["OnUserSpeech", "EndCall", "OnSpeechDone", "OnSessionClose"];
 
 /// Lifecycle and health are measured in alternating slices this long, each kind going first
 /// in every other pair, so that both meet the same machine, in the latency section and in the
@@ -41,8 +50,20 @@ pub(crate) fn run_prefix(name: &str) -> String {
     format!("{name}{}", RUN.fetch_add(1, Ordering::Relaxed))
 }
 
-/// One whole pipeline session; returns the latency of each RPC, or what went wrong.
-pub(crate) async fn run_session(api: &mut Client, id: &str) -> Result<[Duration; 3], String> {
+/// One whole pipeline session (`SESSION_RPCS`): the user speaks, which creates the session
+/// and starts its silence, then the agent ends the call. Returns the latency of each RPC, or
+/// what went wrong.
+pub(crate) async fn run_session(api: &mut Client, id: &str) -> Result<[Duration; 4], String> {
+    let t = Instant::now();
+    let r = api
+        .on_user_speech(user_speech(id))
+        .await
+        .map_err(|s| format!("OnUserSpeech: {s}"))?
+        .into_inner();
+    let speech = t.elapsed();
+    if r.state() != SessionState::Active || !r.directives.is_empty() {
+        return Err(format!("OnUserSpeech: unexpected reply {r:?}"));
+    }
     let t = Instant::now();
     let r = api
         .end_call(end_call(id, "goodbye"))
@@ -76,7 +97,7 @@ pub(crate) async fn run_session(api: &mut Client, id: &str) -> Result<[Duration;
     if r.state() != SessionState::Closed || r.directives.len() != 2 {
         return Err(format!("OnSessionClose: unexpected reply {r:?}"));
     }
-    Ok([l0, l1, l2])
+    Ok([speech, l0, l1, l2])
 }
 
 /// Opens a realtime session into AWAITING_REPLY: EndCall with this reply timeout, then the
@@ -100,6 +121,19 @@ pub(crate) async fn await_reply(
     Ok(())
 }
 
+/// One `OnUserSpeech` on a session that is not ending: no directive, state ACTIVE.
+pub(crate) async fn user_speaks(api: &mut Client, id: &str) -> Result<(), String> {
+    let r = api
+        .on_user_speech(user_speech(id))
+        .await
+        .map_err(|s| format!("OnUserSpeech: {s}"))?
+        .into_inner();
+    if r.state() != SessionState::Active || !r.directives.is_empty() {
+        return Err(format!("OnUserSpeech: unexpected reply {r:?}"));
+    }
+    Ok(())
+}
+
 pub(crate) async fn health_check(health: &mut HealthClient<Channel>) -> Result<(), String> {
     let r = health
         .check(HealthCheckRequest {
@@ -118,21 +152,25 @@ pub(crate) async fn health_check(health: &mut HealthClient<Channel>) -> Result<(
 pub(crate) enum Work {
     Lifecycle,
     Health,
+    /// `OnUserSpeech` alone, over and over, each agent on a session of its own: the event a
+    /// call sends most.
+    UserSpeech,
 }
 
 /// The turns lifecycle and health take for `duration` each: slices of at most `SLICE`, each
 /// kind going first in every other pair.
 pub(crate) fn turns(duration: Duration) -> Vec<(Work, Duration)> {
+    turns_of(duration, Work::Lifecycle, Work::Health)
+}
+
+/// The turns `a` and `b` take for `duration` each, as [`turns`] does.
+pub(crate) fn turns_of(duration: Duration, a: Work, b: Work) -> Vec<(Work, Duration)> {
     let mut turns = Vec::new();
     let mut left = duration;
     let mut lifecycle_first = true;
     while !left.is_zero() {
         let slice = left.min(SLICE);
-        let pair = if lifecycle_first {
-            [Work::Lifecycle, Work::Health]
-        } else {
-            [Work::Health, Work::Lifecycle]
-        };
+        let pair = if lifecycle_first { [a, b] } else { [b, a] };
         turns.extend(pair.map(|work| (work, slice)));
         left -= slice;
         lifecycle_first = !lifecycle_first;
@@ -208,7 +246,7 @@ pub(crate) async fn closed_loop(
                         match run_session(&mut api, &id).await {
                             Ok(_) => {
                                 sessions.fetch_add(1, Ordering::Relaxed);
-                                rpcs.fetch_add(3, Ordering::Relaxed);
+                                rpcs.fetch_add(SESSION_RPCS.len() as u64, Ordering::Relaxed);
                             }
                             Err(e) => fail(e),
                         }
@@ -219,6 +257,15 @@ pub(crate) async fn closed_loop(
                         }
                         Err(e) => fail(e),
                     },
+                    Work::UserSpeech => {
+                        let id = format!("{prefix}-{agent}");
+                        match user_speaks(&mut api, &id).await {
+                            Ok(()) => {
+                                rpcs.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => fail(e),
+                        }
+                    }
                 }
             }
         }));
@@ -281,15 +328,15 @@ pub(crate) async fn interleaved(
     for (work, slice) in turns(duration) {
         let r = open_loop(channels, rate, slice, work).await;
         match work {
-            Work::Lifecycle => lifecycle.merge(r),
+            Work::Lifecycle | Work::UserSpeech => lifecycle.merge(r),
             Work::Health => health.merge(r),
         }
     }
     (lifecycle, health)
 }
 
-/// Offers `rate` RPCs/s for `duration`: health checks, or lifecycle sessions at rate/3 (each
-/// session's three RPCs in order). Dispatch is paced by a 1 ms tick; each call's latency is
+/// Offers `rate` RPCs/s for `duration`: health checks, or lifecycle sessions at rate/4 (each
+/// session's four RPCs in order). Dispatch is paced by a 1 ms tick; each call's latency is
 /// measured from its send.
 pub(crate) async fn open_loop(
     channels: &[Channel],
@@ -299,8 +346,8 @@ pub(crate) async fn open_loop(
 ) -> OpenLoop {
     let prefix = run_prefix("ol");
     let units_per_sec = match work {
-        Work::Health => rate,
-        Work::Lifecycle => rate / 3.0,
+        Work::Health | Work::UserSpeech => rate,
+        Work::Lifecycle => rate / SESSION_RPCS.len() as f64,
     };
     let samples: Arc<Mutex<Vec<(&'static str, Duration)>>> = Arc::default();
     let errors = Arc::new(AtomicU64::new(0));
@@ -330,13 +377,16 @@ pub(crate) async fn open_loop(
                     }
                     Work::Lifecycle => {
                         let mut api = Client::new(channel);
-                        run_session(&mut api, &id).await.map(|l| {
-                            vec![
-                                ("EndCall", l[0]),
-                                ("OnSpeechDone", l[1]),
-                                ("OnSessionClose", l[2]),
-                            ]
-                        })
+                        run_session(&mut api, &id)
+                            .await
+                            .map(|l| SESSION_RPCS.into_iter().zip(l).collect())
+                    }
+                    Work::UserSpeech => {
+                        let mut api = Client::new(channel);
+                        let t = Instant::now();
+                        user_speaks(&mut api, &id)
+                            .await
+                            .map(|()| vec![("OnUserSpeech alone", t.elapsed())])
                     }
                 };
                 match result {

@@ -3,8 +3,8 @@
 //! `scripts/bench-smoke` with tiny ones so CI can see that it still works.
 //!
 //! Sections (`--sections`, comma-separated; default all), one module each:
-//! - `throughput`: N agents run whole sessions (EndCall, OnSpeechDone, OnSessionClose) for a
-//!   fixed time, and the same agents call grpc.health.v1 Check (the ceiling) on the same server
+//! - `throughput`: N agents run whole sessions (OnUserSpeech, EndCall, OnSpeechDone,
+//!   OnSessionClose), each with the silence ladder on, for a fixed time, and the same agents call grpc.health.v1 Check (the ceiling) on the same server
 //!   for as long, the two taking turns in one-second slices.
 //! - `echo` (after `throughput`): the server's CPU while that run's 30 s playout-guard timers
 //!   come due.
@@ -12,8 +12,9 @@
 //!   for the lifecycle RPCs and for health, measured in alternating one-second slices.
 //! - `h2load`: the same server measured by h2load (nghttp2), if installed: health Check and a
 //!   repeated OnSpeechCreated.
-//! - `memory`: RSS of the server before, with N sessions awaiting a far reply deadline, and after
-//!   they were closed and their retention passed.
+//! - `memory`: RSS of the server before, with N sessions awaiting a far reply deadline (or,
+//!   with `--memory-silence`, a far silence deadline), and after they were closed and their
+//!   retention passed.
 //! - `timers`: N reply deadlines spread over one second; how late SHUTDOWN_SESSION is issued and
 //!   how late it arrives on the watch streams.
 //! - `unix`: the throughput section over a Unix socket.
@@ -65,7 +66,7 @@ mod timers;
 mod unix;
 mod webhook;
 
-use load::NO_SESSION_LIMIT;
+use load::SESSION_SERVER_FLAGS;
 use results::Report;
 use support::ServerArgs;
 
@@ -102,6 +103,11 @@ struct Args {
     /// Sessions held open by the memory section.
     #[arg(long, default_value_t = 1_000_000)]
     memory_sessions: usize,
+    /// The memory section's sessions have the silence ladder on (a 10-minute silence timeout,
+    /// a reminder after 5 minutes) and wait in ACTIVE after the user spoke, instead of waiting
+    /// in AWAITING_REPLY.
+    #[arg(long)]
+    memory_silence: bool,
     /// Sessions whose reply deadlines fall within one second (timers section).
     #[arg(long, default_value_t = 100_000)]
     timer_sessions: usize,
@@ -151,7 +157,7 @@ fn main() {
         let mut lifecycle_rate = None;
         let mut health_rate = None;
         if args.runs("throughput") {
-            let server = args.server.start("127.0.0.1:0", &NO_SESSION_LIMIT);
+            let server = args.server.start("127.0.0.1:0", &SESSION_SERVER_FLAGS);
             println!("TCP server pid {} at {:?}", server.pid(), server.addr);
             let t = throughput::run(&args, &server, "tcp", &mut report).await;
             lifecycle_rate = Some(t.lifecycle.rpc_rate());

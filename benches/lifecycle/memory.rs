@@ -1,5 +1,7 @@
 //! `memory`: RSS of a server before, with N sessions awaiting a far reply deadline, and after
-//! they were closed and their retention passed; then the sessions are gone (NOT_FOUND).
+//! they were closed and their retention passed; then the sessions are gone (NOT_FOUND). With
+//! `--memory-silence` the sessions wait on the silence ladder instead: opened with a silence
+//! timeout, then the user's speech, which starts the silence again and moves its deadline.
 
 use std::{
     sync::Arc,
@@ -7,7 +9,7 @@ use std::{
 };
 
 use endcall_sidecar::proto::v1::{self as pb, CloseReason, SessionState};
-use endcall_testkit::{close, process::proc_status_kb, Client};
+use endcall_testkit::{close, duration, process::proc_status_kb, user_speech, Client};
 
 use crate::{
     load::{await_reply, closed_loop, for_each, run_prefix, Work},
@@ -40,10 +42,17 @@ pub(crate) async fn run(args: &Args, report: &mut Report) {
     let started = Instant::now();
     let chans = Arc::new(channels.clone());
     let p = prefix.clone();
+    let silence = args.memory_silence;
     let (open_errors, open_first) = for_each(n, args.concurrency, move |i| {
         let mut api = Client::new(chans[i % chans.len()].clone());
         let id = format!("{p}-{i:07}");
-        async move { await_reply(&mut api, &id, Duration::from_secs(600)).await }
+        async move {
+            if silence {
+                await_silence(&mut api, &id).await
+            } else {
+                await_reply(&mut api, &id, Duration::from_secs(600)).await
+            }
+        }
     })
     .await;
     let open_time = started.elapsed();
@@ -62,7 +71,9 @@ pub(crate) async fn run(args: &Args, report: &mut Report) {
                 .await
                 .map_err(|s| format!("OnSessionClose: {s}"))?
                 .into_inner();
-            if r.state() != SessionState::Closed || r.directives.len() != 2 {
+            // No end_call in a silence session: its close issues nothing.
+            let expected = if silence { 0 } else { 2 };
+            if r.state() != SessionState::Closed || r.directives.len() != expected {
                 return Err(format!("OnSessionClose: unexpected {r:?}"));
             }
             Ok(())
@@ -89,14 +100,22 @@ pub(crate) async fn run(args: &Args, report: &mut Report) {
         .await;
     let hwm = proc_status_kb(server.pid(), "VmHWM:") * 1024;
 
+    let (waiting, opening) = if silence {
+        (
+            "ACTIVE, 600 s silence timeout, a reminder at 300 s",
+            "OpenSession+UserSpeech",
+        )
+    } else {
+        ("AWAITING_REPLY, 600 s deadline", "EndCall+Done")
+    };
     report.row(
         "memory",
-        "sessions opened (AWAITING_REPLY, 600 s deadline)",
+        &format!("sessions opened ({waiting})"),
         n.to_string(),
     );
     report.row(
         "memory",
-        "open rate (EndCall+Done per session)",
+        &format!("open rate ({opening} per session)"),
         format!("{:.0} sessions/s", n as f64 / open_time.as_secs_f64()),
     );
     report.row("memory", "RSS before", mib(before));
@@ -119,7 +138,7 @@ pub(crate) async fn run(args: &Args, report: &mut Report) {
     );
     report.row("memory", "peak RSS (VmHWM)", mib(hwm));
     report.check(
-        "memory: every session opened into AWAITING_REPLY",
+        "memory: every session opened and waiting",
         open_errors == 0 && warm.errors == 0,
         format!("{open_errors} errors {open_first:?}"),
     );
@@ -148,4 +167,30 @@ pub(crate) async fn run(args: &Args, report: &mut Report) {
         returned,
         format!("{} -> {} -> {}", mib(before), mib(open), mib(after)),
     );
+}
+
+/// Opens a session with the silence ladder on, then the user speaks: it waits in ACTIVE on
+/// its silence deadline, 5 minutes off.
+async fn await_silence(api: &mut Client, session: &str) -> Result<(), String> {
+    let options = pb::SessionOptions {
+        silence_timeout: Some(duration(Duration::from_secs(600))),
+        silence_reminder_after: Some(duration(Duration::from_secs(300))),
+        ..Default::default()
+    };
+    api.open_session(pb::OpenSessionRequest {
+        session_id: session.into(),
+        options: Some(options),
+        ..Default::default()
+    })
+    .await
+    .map_err(|s| format!("OpenSession: {s}"))?;
+    let r = api
+        .on_user_speech(user_speech(session))
+        .await
+        .map_err(|s| format!("OnUserSpeech: {s}"))?
+        .into_inner();
+    if r.state() != SessionState::Active || !r.directives.is_empty() {
+        return Err(format!("OnUserSpeech: unexpected reply {r:?}"));
+    }
+    Ok(())
 }

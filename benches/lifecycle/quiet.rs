@@ -2,13 +2,13 @@
 //! (`--log-level info,endcall::report=off`): what is left of the gap without them.
 //! Not with `--server-flags` that set `--log-level`.
 
-use crate::{load::NO_SESSION_LIMIT, throughput, Args, Report};
+use crate::{load::SESSION_SERVER_FLAGS, throughput, Args, Report};
 
 pub(crate) async fn run(args: &Args, report: &mut Report) {
     let server = args.server.start(
         "127.0.0.1:0",
         &[
-            &NO_SESSION_LIMIT[..],
+            &SESSION_SERVER_FLAGS[..],
             &["--log-level", "info,endcall::report=off"],
         ]
         .concat(),

@@ -8,7 +8,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use crate::{
     latency,
-    load::NO_SESSION_LIMIT,
+    load::SESSION_SERVER_FLAGS,
     support::receiver::{secret_file, Behaviour, Receiver},
     Args, Report,
 };
@@ -27,7 +27,7 @@ pub(crate) async fn run(args: &Args, ceiling: f64, report: &mut Report) {
     let server = args.server.start(
         "127.0.0.1:0",
         &[
-            &NO_SESSION_LIMIT[..],
+            &SESSION_SERVER_FLAGS[..],
             &[
                 "--webhook-url",
                 &receiver.url,

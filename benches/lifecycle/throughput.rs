@@ -1,14 +1,14 @@
-//! `throughput`: N agents run whole sessions (EndCall, OnSpeechDone, OnSessionClose) as fast
-//! as they can, and health checks (the ceiling) for as long, taking turns in slices on one
-//! server; the rates, their ratio and each side's CPU per RPC. The `unix`, `quiet` and
-//! `durable` sections run it against other servers.
+//! `throughput`: N agents run whole sessions (OnUserSpeech, EndCall, OnSpeechDone,
+//! OnSessionClose) as fast as they can, and health checks (the ceiling) for as long, taking
+//! turns in slices on one server; the rates, their ratio and each side's CPU per RPC. The
+//! `unix`, `quiet` and `durable` sections run it against other servers.
 
 use std::time::Instant;
 
 use endcall_testkit::process::Sidecar;
 
 use crate::{
-    load::{closed_loop, cpu_both, turns, LoopResult, Work},
+    load::{closed_loop, cpu_both, turns, turns_of, LoopResult, Work},
     results::{first_error, mib},
     Args, Report,
 };
@@ -46,7 +46,7 @@ pub(crate) async fn run(
         let r = closed_loop(&channels, args.concurrency, slice, work).await;
         let after = cpu();
         let (total, spent) = match work {
-            Work::Lifecycle => (&mut lifecycle, &mut lifecycle_cpu),
+            Work::Lifecycle | Work::UserSpeech => (&mut lifecycle, &mut lifecycle_cpu),
             Work::Health => (&mut health, &mut health_cpu),
         };
         total.merge(r);
@@ -77,7 +77,7 @@ pub(crate) async fn run(
     }
     report.row(
         label,
-        "lifecycle sessions/s (EndCall+Done+Close)",
+        "lifecycle sessions/s (UserSpeech+EndCall+Done+Close)",
         format!("{:.0}", lifecycle.session_rate()),
     );
     report.row(
@@ -118,9 +118,75 @@ pub(crate) async fn run(
             format!("ratio {ratio:.3}"),
         );
     }
+    if label == "tcp" {
+        user_speech_alone(args, server, &channels, report).await;
+    }
     Throughput {
         lifecycle,
         health,
         started,
     }
+}
+
+/// `OnUserSpeech` alone against health, taking turns as the session mix and health do: each
+/// agent reports its user's speech on a session of its own, over and over (a call sends this
+/// event more than any other).
+async fn user_speech_alone(
+    args: &Args,
+    server: &Sidecar,
+    channels: &[tonic::transport::Channel],
+    report: &mut Report,
+) {
+    let (mut speech, mut health) = (LoopResult::default(), LoopResult::default());
+    let (mut speech_cpu, mut health_cpu) = (0.0, 0.0);
+    for (work, slice) in turns_of(args.duration, Work::UserSpeech, Work::Health) {
+        let before = cpu_both(server).0;
+        let r = closed_loop(channels, args.concurrency, slice, work).await;
+        let spent = cpu_both(server).0 - before;
+        match work {
+            Work::UserSpeech => {
+                speech.merge(r);
+                speech_cpu += spent;
+            }
+            _ => {
+                health.merge(r);
+                health_cpu += spent;
+            }
+        }
+    }
+    let per_rpc = |seconds: f64, r: &LoopResult| seconds / r.rpcs.max(1) as f64 * 1e6;
+    report.row(
+        "tcp",
+        "server CPU per RPC: OnUserSpeech alone / health",
+        format!(
+            "{:.1} / {:.1} us",
+            per_rpc(speech_cpu, &speech),
+            per_rpc(health_cpu, &health)
+        ),
+    );
+    let ratio = speech.rpc_rate() / health.rpc_rate();
+    report.row(
+        "tcp",
+        "OnUserSpeech alone RPCs/s / health RPCs/s",
+        format!(
+            "{:.0} / {:.0} ({ratio:.3})",
+            speech.rpc_rate(),
+            health.rpc_rate()
+        ),
+    );
+    report.check(
+        "tcp OnUserSpeech alone: every RPC succeeded",
+        speech.errors == 0 && speech.rpcs > 0 && health.errors == 0,
+        format!(
+            "{} RPCs, {} errors{}",
+            speech.rpcs,
+            speech.errors + health.errors,
+            first_error(speech.first_error.as_ref())
+        ),
+    );
+    report.target(
+        "tcp: OnUserSpeech RPC/s >= 0.9 x health RPC/s",
+        ratio >= 0.9,
+        format!("ratio {ratio:.3}"),
+    );
 }

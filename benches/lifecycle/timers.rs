@@ -1,6 +1,7 @@
 //! `timers`: N reply deadlines spread evenly over one second, each session watched by a
 //! WatchSession stream; how late SHUTDOWN_SESSION is issued (from the server's own records)
-//! and how late it arrives on the streams, and what the window costs each side.
+//! and how late it arrives on the streams, and what the window costs each side. Then the same
+//! with N silence reminders: sessions whose `REMIND` falls due within one second.
 
 use std::{
     sync::{
@@ -11,7 +12,7 @@ use std::{
 };
 
 use endcall_sidecar::proto::v1::{self as pb, DirectiveKind, ShutdownCause};
-use endcall_testkit::{watch, Client};
+use endcall_testkit::{duration, watch, Client};
 
 use crate::{
     load::{await_reply, connections_for, cpu_both, for_each, run_prefix},
@@ -23,8 +24,69 @@ use crate::{
 type Arrival = (usize, SystemTime, DirectiveKind, ShutdownCause, u64);
 
 /// What GetSession says of a timed session: (the intended deadline in µs since the epoch, when
-/// SHUTDOWN_SESSION was issued if it was, its cause).
+/// the timed directive was issued if it was, its cause).
 type Record = (i64, Option<i64>, ShutdownCause);
+
+/// Which deadline the sessions of a run wait on.
+#[derive(Clone, Copy, PartialEq)]
+enum Timed {
+    /// A realtime reply that never comes: SHUTDOWN_SESSION (REPLY_TIMEOUT), `reply_timeout`
+    /// after the goodbye's OnSpeechDone.
+    ReplyTimeout,
+    /// A silent user: REMIND (SILENCE_TIMEOUT), `silence_reminder_after` after OpenSession.
+    Reminder,
+}
+
+impl Timed {
+    fn directive(self) -> (DirectiveKind, ShutdownCause) {
+        match self {
+            Timed::ReplyTimeout => (DirectiveKind::ShutdownSession, ShutdownCause::ReplyTimeout),
+            Timed::Reminder => (DirectiveKind::Remind, ShutdownCause::SilenceTimeout),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Timed::ReplyTimeout => "SHUTDOWN_SESSION",
+            Timed::Reminder => "REMIND",
+        }
+    }
+
+    /// The timeline event the deadline counts from.
+    fn counted_from(self) -> &'static str {
+        match self {
+            Timed::ReplyTimeout => "speech_done",
+            Timed::Reminder => "open",
+        }
+    }
+
+    /// Sets a session up so that its deadline comes `after` from now.
+    async fn set_up(self, api: &mut Client, session: &str, after: Duration) -> Result<(), String> {
+        match self {
+            Timed::ReplyTimeout => await_reply(api, session, after).await,
+            Timed::Reminder => {
+                let options = pb::SessionOptions {
+                    silence_timeout: Some(duration(Duration::from_secs(3600))),
+                    silence_reminder_after: Some(duration(after)),
+                    ..Default::default()
+                };
+                let r = api
+                    .open_session(pb::OpenSessionRequest {
+                        session_id: session.into(),
+                        options: Some(options),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| format!("OpenSession: {s}"))?
+                    .into_inner();
+                if r.state() != pb::SessionState::Active {
+                    return Err(format!("OpenSession: state {:?}", r.state()));
+                }
+                Ok(())
+            }
+        }
+    }
+}
 
 fn unix_micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
@@ -37,7 +99,7 @@ fn ts_micros(t: &prost_types::Timestamp) -> i64 {
 
 fn lateness_row(report: &mut Report, metric: &str, mut v: Vec<i64>) -> Option<i64> {
     if v.is_empty() {
-        report.row("timers", metric, "no samples");
+        report.row("timers", metric, "no samples".to_owned());
         return None;
     }
     v.sort_unstable();
@@ -61,8 +123,16 @@ fn lateness_row(report: &mut Report, metric: &str, mut v: Vec<i64>) -> Option<i6
     Some(p(99.0))
 }
 
-/// Runs the section; `rate_estimate` (lifecycle RPC/s, if measured) sizes the set-up's lead.
+/// Runs the section: reply timeouts, then silence reminders, each on a server of its own;
+/// `rate_estimate` (lifecycle RPC/s, if measured) sizes the set-up's lead.
 pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Report) {
+    run_one(Timed::ReplyTimeout, args, rate_estimate, report).await;
+    run_one(Timed::Reminder, args, rate_estimate, report).await;
+}
+
+async fn run_one(timed: Timed, args: &Args, rate_estimate: Option<f64>, report: &mut Report) {
+    let name = timed.name();
+    let (expected_kind, expected_cause) = timed.directive();
     let n = args.timer_sessions;
     let watchers = args.timer_watchers.unwrap_or(n).min(n);
     let max = (n + 10_000).to_string();
@@ -70,7 +140,10 @@ pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Re
         "127.0.0.1:0",
         &["--max-sessions", &max, "--idle-expiry", "2h"],
     );
-    let prefix = run_prefix("tm");
+    let prefix = run_prefix(match timed {
+        Timed::ReplyTimeout => "tm",
+        Timed::Reminder => "tr",
+    });
     let id = move |i: usize| format!("{prefix}-{i:07}");
 
     // Phase A: one watch stream per watched session (this creates the session).
@@ -120,8 +193,9 @@ pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Re
     }
     let phase_a = setup_start.elapsed();
 
-    // Phase B: EndCall (realtime, auto reply) with a per-session reply timeout chosen so that
-    // the deadlines spread evenly over one second starting at `window`, then OnSpeechDone.
+    // Phase B: each session set up with its own timeout (a reply timeout: EndCall, realtime and
+    // auto reply, then OnSpeechDone; a reminder: OpenSession with the silence ladder on), chosen
+    // so that the deadlines spread evenly over one second starting at `window`.
     let channels = server.channels(args.connections()).await;
     let rate = rate_estimate.unwrap_or(5000.0).max(500.0);
     let lead = Duration::from_secs_f64((2.5 * 2.0 * n as f64 / rate).max(3.0));
@@ -142,19 +216,19 @@ pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Re
             });
         let timeout = Duration::from_micros(timeout.as_micros() as u64);
         rts[i].store(timeout.as_micros() as u64, Ordering::Relaxed);
-        async move { await_reply(&mut api, &session, timeout).await }
+        async move { timed.set_up(&mut api, &session, timeout).await }
     })
     .await;
     let setup_done = SystemTime::now();
     let phase_b = setup_start.elapsed() - phase_a;
     let rss_armed = server.rss();
     report.check(
-        "timers: every session reached AWAITING_REPLY",
+        &format!("timers {name}: every session was set up"),
         setup_errors == 0,
         format!("{setup_errors} errors {setup_first:?}"),
     );
     report.check(
-        "timers: every session was set up before its deadline window",
+        &format!("timers {name}: every session was set up before its deadline window"),
         late_setups.load(Ordering::Relaxed) == 0 && setup_done < window,
         format!(
             "{} late; setup ended {:.1}s {} the window",
@@ -197,7 +271,8 @@ pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Re
     );
     let rss_fired = server.rss();
 
-    // Exact deadlines from the server's own records: the OnSpeechDone's time + reply timeout.
+    // Exact deadlines from the server's own records: the time of the event the deadline counts
+    // from (OnSpeechDone, OpenSession) + the session's timeout.
     let records: Arc<Mutex<Vec<Option<Record>>>> = Arc::new(Mutex::new(vec![None; n]));
     let chans = Arc::new(channels.clone());
     let (rec, rts, id3) = (records.clone(), reply_timeouts.clone(), id.clone());
@@ -217,16 +292,16 @@ pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Re
                 .timeline
                 .iter()
                 .find(|e| {
-                    matches!(&e.entry, Some(pb::timeline_entry::Entry::Event(t)) if t.starts_with("speech_done"))
+                    matches!(&e.entry, Some(pb::timeline_entry::Entry::Event(t)) if t.starts_with(timed.counted_from()))
                 })
                 .and_then(|e| e.at.as_ref())
                 .map(ts_micros)
-                .ok_or("no speech_done in the timeline")?;
+                .ok_or("no such event in the timeline")?;
             let deadline = done_at + rts[i].load(Ordering::Relaxed) as i64;
             let shutdown = r
                 .directives
                 .iter()
-                .find(|d| d.kind() == DirectiveKind::ShutdownSession);
+                .find(|d| d.kind() == expected_kind);
             let issued = shutdown.and_then(|d| d.issued_at.as_ref()).map(ts_micros);
             let cause = shutdown.map_or(ShutdownCause::Unspecified, |d| d.cause());
             rec.lock().unwrap()[i] = Some((deadline, issued, cause));
@@ -247,17 +322,14 @@ pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Re
         first_deadline = first_deadline.min(*deadline);
         last_deadline = last_deadline.max(*deadline);
         match issued {
-            Some(at) if *cause == ShutdownCause::ReplyTimeout => issued_late.push(at - deadline),
+            Some(at) if *cause == expected_cause => issued_late.push(at - deadline),
             _ => wrong += 1,
         }
     }
     let mut arrival_late = Vec::new();
     let mut stream_wrong = 0usize;
     for (i, at, kind, cause, seq) in &arrivals {
-        if *kind != DirectiveKind::ShutdownSession
-            || *cause != ShutdownCause::ReplyTimeout
-            || *seq != 1
-        {
+        if *kind != expected_kind || *cause != expected_cause || *seq != 1 {
             stream_wrong += 1;
             continue;
         }
@@ -265,6 +337,7 @@ pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Re
             arrival_late.push(unix_micros(*at) - deadline);
         }
     }
+    report.row("timers", &format!("--- {name}"), String::new());
     report.row(
         "timers",
         "sessions / watch streams",
@@ -275,7 +348,7 @@ pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Re
     );
     report.row(
         "timers",
-        "set-up time: watch streams / EndCall+Done",
+        "set-up time: watch streams / the sessions' set-up",
         format!(
             "{:.1} s / {:.1} s",
             phase_a.as_secs_f64(),
@@ -289,7 +362,7 @@ pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Re
     );
     let p99_issued = lateness_row(
         report,
-        "SHUTDOWN_SESSION issued_at - deadline (all)",
+        &format!("{name} issued_at - deadline (all)"),
         issued_late.clone(),
     );
     let p99_arrival = lateness_row(
@@ -330,7 +403,7 @@ pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Re
         ),
     );
     report.check(
-        "timers: every session issued SHUTDOWN_SESSION (REPLY_TIMEOUT)",
+        &format!("timers: every session issued {name} ({expected_cause:?})"),
         get_errors == 0 && wrong == 0 && issued_late.len() == n,
         format!(
             "{} of {n}; {wrong} without; GetSession errors {get_errors} {get_first:?}",
@@ -338,7 +411,7 @@ pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Re
         ),
     );
     report.check(
-        "timers: every watch stream received it",
+        &format!("timers {name}: every watch stream received it"),
         stream_wrong == 0 && arrival_late.len() == watchers,
         format!(
             "{} of {watchers} arrived, {stream_wrong} unexpected",
@@ -346,7 +419,7 @@ pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Re
         ),
     );
     report.check(
-        "timers: no directive before its deadline",
+        &format!("timers {name}: no directive before its deadline"),
         issued_late.iter().all(|l| *l >= 0),
         format!("min {:?} us", issued_late.iter().min()),
     );
@@ -355,8 +428,14 @@ pub(crate) async fn run(args: &Args, rate_estimate: Option<f64>, report: &mut Re
         .chain(p99_issued)
         .max()
         .unwrap_or(i64::MAX);
+    let target = match timed {
+        Timed::ReplyTimeout => {
+            "reply-timeout directives <= 10 ms late at p99 (100k deadlines in 1 s)"
+        }
+        Timed::Reminder => "REMIND <= 10 ms late at p99 (100k reminders in 1 s)",
+    };
     report.target(
-        "reply-timeout directives <= 10 ms late at p99 (100k deadlines in 1 s)",
+        target,
         worst <= 10_000 && n >= 100_000,
         format!(
             "p99 issued {:.2} ms, p99 on stream {:.2} ms, {n} deadlines in {:.3} s",

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    load::{closed_loop, cpu_seconds, turns, LoopResult, Work, NO_SESSION_LIMIT},
+    load::{closed_loop, cpu_seconds, turns, LoopResult, Work, SESSION_SERVER_FLAGS},
     results::{first_error, fmt_us, percentile},
     support::receiver::{secret_file, Behaviour, Receiver},
     Args, Report,
@@ -26,11 +26,11 @@ pub(crate) async fn run(args: &Args, report: &mut Report) {
     let receiver = Receiver::start(Behaviour::default()).await;
     let secret = secret_file();
     let secret = secret.display().to_string();
-    let plain = args.server.start("127.0.0.1:0", &NO_SESSION_LIMIT);
+    let plain = args.server.start("127.0.0.1:0", &SESSION_SERVER_FLAGS);
     let hooked = args.server.start(
         "127.0.0.1:0",
         &[
-            &NO_SESSION_LIMIT[..],
+            &SESSION_SERVER_FLAGS[..],
             &[
                 "--webhook-url",
                 &receiver.url,
@@ -72,7 +72,7 @@ pub(crate) async fn run(args: &Args, report: &mut Report) {
     // `turns` alternates two kinds of slice: here, the server without webhooks and the one with.
     for (turn, slice) in turns(args.duration) {
         let (server, channels) = match turn {
-            Work::Lifecycle => (&plain, &plain_channels),
+            Work::Lifecycle | Work::UserSpeech => (&plain, &plain_channels),
             Work::Health => (&hooked, &hooked_channels),
         };
         let cpu = (cpu_seconds(server.pid()), cpu_seconds(bench));
@@ -84,7 +84,7 @@ pub(crate) async fn run(args: &Args, report: &mut Report) {
             cpu_seconds(bench) - cpu.1,
         );
         match turn {
-            Work::Lifecycle => {
+            Work::Lifecycle | Work::UserSpeech => {
                 without.merge(r);
                 cpu_without.0 += spent.0;
                 cpu_without.1 += spent.1;

@@ -11,6 +11,7 @@ use crate::telemetry::LogFormat;
 
 use crate::{
     grpc::auth::{AuthArgs, TokenArgs},
+    grpc::convert::WindUpTexts,
     grpc::limits::RequestLimits,
     grpc::tls::{ClientTlsArgs, TlsArgs},
     livekit::LiveKitArgs,
@@ -19,7 +20,10 @@ use crate::{
     webhooks::WebhookArgs,
 };
 use endcall_core::{
-    domain::{Options, MAX_REPLY_TIMEOUT},
+    domain::{
+        Options, MAX_INSTRUCTIONS_BYTES, MAX_REPLY_TIMEOUT, MAX_SILENCE, MAX_SILENCE_REMINDERS,
+        SILENCE_REMINDER_INSTRUCTIONS,
+    },
     machine::Timing,
 };
 
@@ -103,11 +107,36 @@ pub struct ServeArgs {
     #[arg(long, env = "ENDCALL_EARLY_REPLY_CAPTURE", default_value_t = false, action = ArgAction::Set)]
     pub early_reply_capture: bool,
 
+    /// Default `silence_timeout`: after this long of the user's silence, WIND_UP, then
+    /// SHUTDOWN_SESSION (cause: silence timeout) after --wind-up-grace. Off unless set; 0s is off.
+    #[arg(long, env = "ENDCALL_SILENCE_TIMEOUT", value_parser = parse_silence_or_off)]
+    pub silence_timeout: Option<Duration>,
+
+    /// Default `silence_reminder_after`: reminder i comes at i times this much silence.
+    #[arg(long, env = "ENDCALL_SILENCE_REMINDER_AFTER", default_value = "10s", value_parser = parse_silence)]
+    pub silence_reminder_after: Duration,
+
+    /// Default `silence_reminders`: reminders per silence, before the silence timeout.
+    #[arg(long, env = "ENDCALL_SILENCE_REMINDERS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=i64::from(MAX_SILENCE_REMINDERS)))]
+    pub silence_reminders: u8,
+
+    /// Default `silence_reminder_instructions`, for the reply each reminder asks for.
+    #[arg(long, env = "ENDCALL_SILENCE_REMINDER_INSTRUCTIONS", default_value = SILENCE_REMINDER_INSTRUCTIONS, value_parser = parse_instructions)]
+    pub silence_reminder_instructions: String,
+
+    /// Instructions sent with the silence timeout's WIND_UP.
+    #[arg(
+        long,
+        env = "ENDCALL_SILENCE_WIND_UP_INSTRUCTIONS",
+        default_value = "The user is not responding. Say goodbye and end the call."
+    )]
+    pub silence_wind_up_instructions: String,
+
     /// How long ENDING or PLAYING_REPLY may last before SHUTDOWN_SESSION (cause: playout guard).
     #[arg(long, env = "ENDCALL_PLAYOUT_GUARD", default_value = "30s", value_parser = parse_positive)]
     pub playout_guard: Duration,
 
-    /// After WIND_UP (max call duration), how long before SHUTDOWN_SESSION.
+    /// After WIND_UP (max call duration, silence timeout), how long before SHUTDOWN_SESSION.
     #[arg(long, env = "ENDCALL_WIND_UP_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub wind_up_grace: Duration,
 
@@ -260,7 +289,7 @@ impl fmt::Display for ListenAddr {
 pub struct Config {
     pub listen: ListenAddr,
     pub registry: Settings,
-    pub wind_up_instructions: Arc<str>,
+    pub wind_up: WindUpTexts,
     pub max_request_bytes: usize,
     pub request_limits: RequestLimits,
     pub max_watchers: usize,
@@ -288,6 +317,12 @@ impl From<&ServeArgs> for Config {
             ignore_on_enter: args.ignore_on_enter,
             reply_timeout: args.reply_timeout,
             early_reply_capture: args.early_reply_capture,
+            silence_timeout: args.silence_timeout.filter(|d| !d.is_zero()),
+            silence_reminder_after: args.silence_reminder_after,
+            silence_reminders: args.silence_reminders,
+            silence_reminder_instructions: arcstr::ArcStr::from(
+                args.silence_reminder_instructions.as_str(),
+            ),
         };
         Config {
             listen: args.listen.clone(),
@@ -303,7 +338,10 @@ impl From<&ServeArgs> for Config {
                 idle_expiry: args.idle_expiry,
                 max_sessions: usize::try_from(args.max_sessions).unwrap_or(usize::MAX),
             },
-            wind_up_instructions: Arc::from(args.wind_up_instructions.as_str()),
+            wind_up: WindUpTexts {
+                max_duration: Arc::from(args.wind_up_instructions.as_str()),
+                silence: Arc::from(args.silence_wind_up_instructions.as_str()),
+            },
             max_request_bytes: usize::try_from(args.max_request_bytes).unwrap_or(usize::MAX),
             request_limits: RequestLimits {
                 max_concurrent: usize::try_from(args.max_concurrent_requests).unwrap_or(usize::MAX),
@@ -339,6 +377,39 @@ fn parse_positive(s: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+/// A silence duration: greater than zero, at most [`MAX_SILENCE`].
+fn parse_silence(s: &str) -> Result<Duration, String> {
+    let d = parse_positive(s)?;
+    if d > MAX_SILENCE {
+        return Err(format!(
+            "at most {}",
+            humantime::format_duration(MAX_SILENCE)
+        ));
+    }
+    Ok(d)
+}
+
+/// The default silence timeout: `0s` is off, as in a request.
+fn parse_silence_or_off(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Ok(d),
+        _ => parse_silence(s),
+    }
+}
+
+fn parse_instructions(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > MAX_INSTRUCTIONS_BYTES {
+        return Err(format!(
+            "is {} bytes, the limit is {MAX_INSTRUCTIONS_BYTES}",
+            s.len()
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_reply_timeout(s: &str) -> Result<Duration, String> {
@@ -406,6 +477,10 @@ mod tests {
             ["--max-concurrent-requests", "0"],
             ["--max-requests-per-second", "0"],
             ["--max-watchers", "0"],
+            ["--silence-timeout", "2h"],
+            ["--silence-reminder-after", "0s"],
+            ["--silence-reminders", "11"],
+            ["--silence-reminder-instructions", ""],
         ] {
             let err = Cli::try_parse_from(["endcall-sidecar", args[0], args[1]]).unwrap_err();
             assert!(err.to_string().contains(args[0]), "{err}");

@@ -229,7 +229,7 @@ pub async fn serve(
     let api = EndCallServiceServer::new(
         EndCallApi::new(
             Arc::clone(&registry),
-            config.wind_up_instructions.clone(),
+            config.wind_up.clone(),
             draining.clone(),
         )
         .with_watch_slots(WatchSlots::new(config.max_watchers)),

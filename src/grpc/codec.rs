@@ -4,8 +4,9 @@
 //! tonic allocates a codec buffer up front for every request it decodes and every response it
 //! encodes, 8 KiB unless told otherwise, and an open `WatchSession` stream keeps its response
 //! buffer for as long as it is open. This service's messages are a few hundred bytes: an
-//! `EndCallRequest` with 128-byte ids and 200 bytes of instructions, and a reply carrying four
-//! directives, fit in `BUFFER` (the test below checks it). A larger message (up to
+//! `EndCallRequest` with 128-byte ids and 200 bytes of instructions, and a reply carrying the
+//! four directives that come at most once each, fit in `BUFFER` (the test below checks it); a
+//! reply or a stream message with a `REMIND`'s instructions (up to 1,024 bytes) may not. A larger message (up to
 //! `--max-request-bytes`) still works: the buffer grows to fit it.
 //!
 //! The generated server and client both use it (`build.rs` names it): one codec for the
@@ -191,10 +192,11 @@ mod tests {
             reason: "user_initiated".into(),
             ..Default::default()
         };
-        // Every directive a session can issue, in one reply.
+        // The four directives that come at most once each, in one reply (one that also
+        // carries reminders' instructions is larger: its buffer grows).
         let reply = pb::EndCallResponse {
             tool_output: Some(instructions),
-            directives: vec![directive; endcall_core::domain::MAX_DIRECTIVES_PER_SESSION],
+            directives: vec![directive; 4],
             ..Default::default()
         };
         assert!(
@@ -202,5 +204,30 @@ mod tests {
             "{}",
             reply.encoded_len()
         );
+    }
+
+    /// A watcher that stops reading holds at most what its session can issue, which must fit
+    /// in the smallest HTTP/2 window (65,535 bytes), or the stream could not end: every
+    /// directive at its longest (128-byte session id, 1,024 bytes of instructions), each with
+    /// its gRPC framing and an HTTP/2 frame header of its own.
+    #[test]
+    fn every_directive_a_session_can_issue_fits_in_one_http2_window() {
+        use endcall_core::domain::{MAX_DIRECTIVES_PER_SESSION, MAX_INSTRUCTIONS_BYTES};
+        const HTTP2_FRAME_HEADER: usize = 9;
+        let directive = pb::Directive {
+            seq: u64::MAX,
+            kind: pb::DirectiveKind::Remind as i32,
+            cause: pb::ShutdownCause::SilenceTimeout as i32,
+            reason: "participant_disconnected".into(),
+            instructions: text(MAX_INSTRUCTIONS_BYTES),
+            issued_at: Some(prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 999_999_999,
+            }),
+            session_id: text(endcall_core::domain::MAX_ID_BYTES),
+        };
+        let each = HTTP2_FRAME_HEADER + FRAME + directive.encoded_len();
+        let all = each * MAX_DIRECTIVES_PER_SESSION;
+        assert!(all < 65_535, "{all} bytes");
     }
 }

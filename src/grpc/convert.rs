@@ -4,11 +4,13 @@
 use std::{cell::RefCell, sync::Arc, time::Duration};
 
 use crate::{grpc::error::ApiError, grpc::proto::v1 as pb};
+use arcstr::ArcStr;
 use endcall_core::{
     domain::{
-        check_id, check_room, Capabilities, CloseReason, Directive, IssuedDirective, Options,
-        OptionsPatch, Outcome, RoomName, ShutdownCause, SpeechId, State, TeardownCause,
-        TeardownResult, Time, MAX_REPLY_TIMEOUT, MAX_TEXT_BYTES,
+        check_id, check_room, Capabilities, CloseReason, Directive, EndedReason, IssuedDirective,
+        Options, OptionsPatch, Outcome, RoomName, ShutdownCause, SpeechId, State, TeardownCause,
+        TeardownResult, Time, Warning, MAX_INSTRUCTIONS_BYTES, MAX_REPLY_TIMEOUT, MAX_SILENCE,
+        MAX_SILENCE_REMINDERS, MAX_TEXT_BYTES, MAX_WARNINGS,
     },
     report::{Report, ReportItem, TeardownReport},
 };
@@ -32,6 +34,37 @@ pub(crate) fn text(field: &str, raw: String) -> Result<String, ApiError> {
         ));
     }
     Ok(raw)
+}
+
+/// The instructions of a reminder or a warning: not empty, at most
+/// [`MAX_INSTRUCTIONS_BYTES`].
+pub(crate) fn instructions(field: &str, raw: &str) -> Result<ArcStr, ApiError> {
+    if raw.is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if raw.len() > MAX_INSTRUCTIONS_BYTES {
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "is {} bytes, the limit is {MAX_INSTRUCTIONS_BYTES}",
+                raw.len()
+            ),
+        ));
+    }
+    Ok(ArcStr::from(raw))
+}
+
+/// A protobuf duration that may be zero (which turns what it sets off): `Some(None)` for
+/// zero, at most `max`.
+fn duration_or_off(
+    field: &str,
+    raw: Option<prost_types::Duration>,
+    max: Duration,
+) -> Result<Option<Option<Duration>>, ApiError> {
+    match raw {
+        Some(raw) if raw.seconds == 0 && raw.nanos == 0 => Ok(Some(None)),
+        raw => Ok(duration(field, raw, max)?.map(Some)),
+    }
 }
 
 /// A protobuf duration as a positive `Duration` of at most `max`.
@@ -89,6 +122,30 @@ pub(crate) fn options(
             MAX_REPLY_TIMEOUT,
         )?,
         early_reply_capture: raw.early_reply_capture,
+        silence_timeout: duration_or_off(
+            "options.silence_timeout",
+            raw.silence_timeout,
+            MAX_SILENCE,
+        )?,
+        silence_reminder_after: duration(
+            "options.silence_reminder_after",
+            raw.silence_reminder_after,
+            MAX_SILENCE,
+        )?,
+        silence_reminders: raw
+            .silence_reminders
+            .map(|n| match u8::try_from(n) {
+                Ok(n) if n <= MAX_SILENCE_REMINDERS => Ok(n),
+                _ => Err(ApiError::invalid(
+                    "options.silence_reminders",
+                    format!("is {n}, the limit is {MAX_SILENCE_REMINDERS}"),
+                )),
+            })
+            .transpose()?,
+        silence_reminder_instructions: raw
+            .silence_reminder_instructions
+            .map(|t| instructions("options.silence_reminder_instructions", &t))
+            .transpose()?,
     };
     if patch == OptionsPatch::default() {
         return Ok(None);
@@ -114,6 +171,62 @@ fn shared_options(patch: OptionsPatch, defaults: &Arc<Options>) -> Arc<Options> 
         Some(last) if **last == resolved => Arc::clone(last),
         _ => Arc::clone(last.insert(Arc::new(resolved))),
     })
+}
+
+/// The warnings before `max_duration` (the same request's): each before the limit, within
+/// the call, with instructions.
+pub(crate) fn warnings(
+    raw: Vec<pb::TimeLimitWarning>,
+    max_duration: Option<Duration>,
+) -> Result<Vec<Warning>, ApiError> {
+    const FIELD: &str = "max_duration_warnings";
+    if raw.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(max) = max_duration else {
+        return Err(ApiError::invalid(
+            FIELD,
+            "needs max_duration in the same request",
+        ));
+    };
+    if raw.len() > MAX_WARNINGS {
+        return Err(ApiError::invalid(
+            FIELD,
+            format!("has {} warnings, the limit is {MAX_WARNINGS}", raw.len()),
+        ));
+    }
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, warning)| {
+            let field = format!("{FIELD}[{i}].before");
+            let before = match warning.before {
+                None => return Err(ApiError::invalid(field, "is required")),
+                Some(d) if d.seconds < 0 || d.nanos < 0 || (d.seconds == 0 && d.nanos == 0) => {
+                    return Err(ApiError::invalid(
+                        field,
+                        "must be greater than zero: a warning comes before the limit, not at or after it",
+                    ))
+                }
+                Some(d) => Duration::try_from(d).map_err(|_| {
+                    ApiError::invalid(field.as_str(), "must be a valid, non-negative duration")
+                })?,
+            };
+            if before >= max {
+                return Err(ApiError::invalid(
+                    field,
+                    "must be shorter than max_duration: the warning would come before the call starts",
+                ));
+            }
+            let instructions = instructions(
+                &format!("{FIELD}[{i}].instructions"),
+                &warning.instructions,
+            )?;
+            Ok(Warning {
+                before,
+                instructions,
+            })
+        })
+        .collect()
 }
 
 pub(crate) fn capabilities(raw: Option<pb::ModelCapabilities>) -> Capabilities {
@@ -180,6 +293,7 @@ fn cause(cause: ShutdownCause) -> pb::ShutdownCause {
         ShutdownCause::ReplyTimeout => pb::ShutdownCause::ReplyTimeout,
         ShutdownCause::PlayoutGuard => pb::ShutdownCause::PlayoutGuard,
         ShutdownCause::MaxDuration => pb::ShutdownCause::MaxDuration,
+        ShutdownCause::SilenceTimeout => pb::ShutdownCause::SilenceTimeout,
     }
 }
 
@@ -201,10 +315,27 @@ fn outcome(outcome: Option<Outcome>) -> pb::Outcome {
         Some(Outcome::Shutdown(ShutdownCause::ReplyTimeout)) => pb::Outcome::ReplyTimeout,
         Some(Outcome::Shutdown(ShutdownCause::PlayoutGuard)) => pb::Outcome::PlayoutGuard,
         Some(Outcome::Shutdown(ShutdownCause::MaxDuration)) => pb::Outcome::MaxDuration,
+        Some(Outcome::Shutdown(ShutdownCause::SilenceTimeout)) => pb::Outcome::SilenceTimeout,
         Some(Outcome::ClosedDuringEndCall) => pb::Outcome::ClosedDuringEndCall,
         Some(Outcome::ClosedWithoutEndCall) => pb::Outcome::ClosedWithoutEndCall,
         Some(Outcome::Expired) => pb::Outcome::Expired,
         Some(Outcome::WorkerLost) => pb::Outcome::WorkerLost,
+    }
+}
+
+fn ended_reason(reason: Option<EndedReason>) -> pb::EndedReason {
+    match reason {
+        None => pb::EndedReason::Unspecified,
+        Some(EndedReason::AgentEndCall) => pb::EndedReason::AgentEndCall,
+        Some(EndedReason::AgentWindUp) => pb::EndedReason::AgentWindUp,
+        Some(EndedReason::AgentClosed) => pb::EndedReason::AgentClosed,
+        Some(EndedReason::UserHangup) => pb::EndedReason::UserHangup,
+        Some(EndedReason::SilenceTimeout) => pb::EndedReason::SilenceTimeout,
+        Some(EndedReason::MaxDuration) => pb::EndedReason::MaxDuration,
+        Some(EndedReason::Error) => pb::EndedReason::Error,
+        Some(EndedReason::JobShutdown) => pb::EndedReason::JobShutdown,
+        Some(EndedReason::Expired) => pb::EndedReason::Expired,
+        Some(EndedReason::WorkerLost) => pb::EndedReason::WorkerLost,
     }
 }
 
@@ -238,10 +369,18 @@ pub(crate) fn room(raw: &str) -> Result<Option<RoomName>, ApiError> {
     Ok((!raw.is_empty()).then(|| RoomName::new(raw)))
 }
 
-/// Maps issued directives onto the wire; needs the session id and the server's wind-up text.
+/// The server's `WIND_UP` instructions, one per limit (`--wind-up-instructions`,
+/// `--silence-wind-up-instructions`).
+#[derive(Clone, Debug)]
+pub struct WindUpTexts {
+    pub max_duration: Arc<str>,
+    pub silence: Arc<str>,
+}
+
+/// Maps issued directives onto the wire; needs the session id and the server's wind-up texts.
 #[derive(Clone, Debug)]
 pub(crate) struct DirectiveMapper {
-    pub wind_up_instructions: Arc<str>,
+    pub wind_up: WindUpTexts,
 }
 
 impl DirectiveMapper {
@@ -252,19 +391,32 @@ impl DirectiveMapper {
             session_id: session_id.to_owned(),
             ..pb::Directive::default()
         };
-        match d.directive {
+        match &d.directive {
             Directive::ShutdownSession { cause: c } => {
                 out.set_kind(pb::DirectiveKind::ShutdownSession);
-                out.set_cause(cause(c));
+                out.set_cause(cause(*c));
             }
             Directive::DeleteRoom => out.set_kind(pb::DirectiveKind::DeleteRoom),
             Directive::ShutdownJob { reason } => {
                 out.set_kind(pb::DirectiveKind::ShutdownJob);
                 out.reason = reason.as_str().to_owned();
             }
-            Directive::WindUp => {
+            Directive::WindUp { cause: c } => {
                 out.set_kind(pb::DirectiveKind::WindUp);
-                out.instructions = self.wind_up_instructions.to_string();
+                out.set_cause(cause(*c));
+                let text = match c {
+                    ShutdownCause::SilenceTimeout => &self.wind_up.silence,
+                    _ => &self.wind_up.max_duration,
+                };
+                out.instructions = text.to_string();
+            }
+            Directive::Remind {
+                cause: c,
+                instructions,
+            } => {
+                out.set_kind(pb::DirectiveKind::Remind);
+                out.set_cause(cause(*c));
+                out.instructions = instructions.to_string();
             }
         }
         out
@@ -297,7 +449,11 @@ impl DirectiveMapper {
             .collect();
         let mut out = pb::SessionReport {
             session_id: id.to_owned(),
-            options: Some(resolved_options(&report.options, report.max_duration)),
+            options: Some(resolved_options(
+                &report.options,
+                report.max_duration,
+                &report.warnings,
+            )),
             capabilities: Some(pb::ModelCapabilities {
                 realtime: report.capabilities.realtime,
                 auto_tool_reply: report.capabilities.auto_tool_reply,
@@ -322,6 +478,7 @@ impl DirectiveMapper {
         };
         out.set_state(state(report.state));
         out.set_outcome(outcome(report.outcome));
+        out.set_ended_reason(ended_reason(report.ended_reason));
         if let Some(r) = report.close_reason {
             out.set_close_reason(reason(r));
         }
@@ -332,6 +489,7 @@ impl DirectiveMapper {
 pub(crate) fn resolved_options(
     options: &Options,
     max_duration: Option<Duration>,
+    warnings: &[Warning],
 ) -> pb::ResolvedOptions {
     pb::ResolvedOptions {
         delete_room: options.delete_room,
@@ -341,6 +499,17 @@ pub(crate) fn resolved_options(
         reply_timeout: Some(proto_duration(options.reply_timeout)),
         early_reply_capture: options.early_reply_capture,
         max_duration: max_duration.map(proto_duration),
+        silence_timeout: options.silence_timeout.map(proto_duration),
+        silence_reminder_after: Some(proto_duration(options.silence_reminder_after)),
+        silence_reminders: u32::from(options.silence_reminders),
+        silence_reminder_instructions: options.silence_reminder_instructions.to_string(),
+        max_duration_warnings: warnings
+            .iter()
+            .map(|w| pb::TimeLimitWarning {
+                before: Some(proto_duration(w.before)),
+                instructions: w.instructions.to_string(),
+            })
+            .collect(),
     }
 }
 

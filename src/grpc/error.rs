@@ -69,6 +69,7 @@ impl From<RegistryError> for ApiError {
                     Rejection::Closed => "session_id",
                     Rejection::OptionsConflict => "options",
                     Rejection::MaxDurationConflict => "max_duration",
+                    Rejection::WarningsConflict => "max_duration_warnings",
                 };
                 ApiError::FailedPrecondition {
                     field,

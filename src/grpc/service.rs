@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use super::watch::{Follow, WATCH_BATCH};
 use crate::{
-    grpc::convert::{self, DirectiveMapper},
+    grpc::convert::{self, DirectiveMapper, WindUpTexts},
     grpc::error::ApiError,
     grpc::limits::WatchSlots,
     grpc::proto::v1::{self as pb, end_call_service_server::EndCallService},
@@ -36,16 +36,10 @@ pub struct EndCallApi {
 }
 
 impl EndCallApi {
-    pub fn new(
-        registry: Arc<Registry>,
-        wind_up_instructions: Arc<str>,
-        draining: CancellationToken,
-    ) -> Self {
+    pub fn new(registry: Arc<Registry>, wind_up: WindUpTexts, draining: CancellationToken) -> Self {
         Self {
             registry,
-            mapper: DirectiveMapper {
-                wind_up_instructions,
-            },
+            mapper: DirectiveMapper { wind_up },
             draining,
             watch_slots: WatchSlots::new(usize::MAX),
         }
@@ -116,6 +110,7 @@ named!(
     pb::OnSpeechCreatedRequest,
     pb::OnSpeechDoneRequest,
     pb::OnSessionCloseRequest,
+    pb::OnUserSpeechRequest,
     pb::WatchSessionRequest,
     pb::GetSessionRequest,
 );
@@ -189,14 +184,22 @@ impl EndCallService for EndCallApi {
             let max_duration =
                 convert::duration("max_duration", req.max_duration, MAX_CALL_DURATION)?;
             let room = convert::room(&req.room)?;
+            let warnings = convert::warnings(req.max_duration_warnings, max_duration)?;
             let applied = api.registry.apply_with(
                 id,
                 Event::Open {
                     options,
                     max_duration,
                     room,
+                    warnings,
                 },
-                |session| convert::resolved_options(session.options(), session.max_duration()),
+                |session| {
+                    convert::resolved_options(
+                        session.options(),
+                        session.max_duration(),
+                        session.warnings(),
+                    )
+                },
             )?;
             Ok(Reply {
                 message: pb::OpenSessionResponse {
@@ -274,6 +277,19 @@ impl EndCallService for EndCallApi {
                     state,
                     duplicate,
                 }
+            })
+        })
+        .await
+    }
+
+    async fn on_user_speech(
+        &self,
+        request: Request<pb::OnUserSpeechRequest>,
+    ) -> Result<Response<pb::OnUserSpeechResponse>, Status> {
+        self.observe("OnUserSpeech", request, |api, req| {
+            let id = convert::id("session_id", &req.session_id)?;
+            api.event_response(id, Event::UserSpeech, |directives, state, _| {
+                pb::OnUserSpeechResponse { directives, state }
             })
         })
         .await

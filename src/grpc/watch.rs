@@ -26,9 +26,10 @@ pub(super) const WATCH_BATCH: usize = 64;
 ///
 /// HTTP/2 polls this stream for its next message, so a directive wakes one task (the stream's)
 /// and is encoded as it is sent: no task of our own, and no buffer, per open stream. A client
-/// that stops reading costs at most the four directives a session can issue, in its HTTP/2
-/// window, and the stream still ends, giving its `--max-watchers` slot back, once the session
-/// has closed and they are sent.
+/// that stops reading costs at most the directives a session can issue
+/// (`MAX_DIRECTIVES_PER_SESSION`: at most 44,316 bytes with every reminder's instructions at
+/// their longest, less than one HTTP/2 window), and the stream still ends, giving its
+/// `--max-watchers` slot back, once the session has closed and they are sent.
 pub(super) struct Follow {
     registry: Arc<Registry>,
     mapper: DirectiveMapper,

@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 use tonic::Code;
 
 use endcall_core::domain::{
-    CloseReason, Directive, Outcome, ShutdownCause, State, TeardownCause, TeardownResult,
+    CloseReason, Directive, EndedReason, Outcome, State, TeardownCause, TeardownResult,
 };
 
 pub const RPC_REQUESTS: &str = "endcall_rpc_requests_total";
@@ -21,6 +21,7 @@ pub const REQUESTS_REJECTED: &str = "endcall_requests_rejected_total";
 pub const SESSIONS: &str = "endcall_sessions";
 pub const SESSIONS_ENDED: &str = "endcall_sessions_ended_total";
 pub const SESSIONS_CLOSED: &str = "endcall_sessions_closed_total";
+pub const SESSIONS_ENDED_BY_REASON: &str = "endcall_sessions_ended_by_reason_total";
 pub const END_CALL_TO_SHUTDOWN: &str = "endcall_end_call_to_shutdown_seconds";
 pub const DIRECTIVES: &str = "endcall_directives_total";
 pub const TIMERS_PENDING: &str = "endcall_timers_pending";
@@ -97,11 +98,12 @@ pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
 }
 
 /// The EndCallService methods, whose series are registered once at install.
-const METHODS: [&str; 8] = [
+const METHODS: [&str; 9] = [
     "OpenSession",
     "EndCall",
     "OnSpeechCreated",
     "OnSpeechDone",
+    "OnUserSpeech",
     "OnSessionClose",
     "WatchSession",
     "GetTool",
@@ -109,18 +111,7 @@ const METHODS: [&str; 8] = [
 ];
 
 /// Directive kinds, as labelled.
-const DIRECTIVE_KINDS: [&str; 4] = [
-    Directive::ShutdownSession {
-        cause: ShutdownCause::ToolTurnDone,
-    }
-    .kind(),
-    Directive::DeleteRoom.kind(),
-    Directive::ShutdownJob {
-        reason: CloseReason::Error,
-    }
-    .kind(),
-    Directive::WindUp.kind(),
-];
+const DIRECTIVE_KINDS: [&str; 5] = Directive::KINDS;
 
 /// The series on every RPC's path, registered once. A labelled macro call builds its label
 /// list and looks the series up in the recorder each time; these are looked up by index. Set
@@ -179,6 +170,9 @@ fn zero() {
     for outcome in Outcome::ALL {
         counter!(SESSIONS_ENDED, "outcome" => outcome.as_str()).absolute(0);
     }
+    for reason in EndedReason::ALL {
+        counter!(SESSIONS_ENDED_BY_REASON, "ended_reason" => reason.as_str()).absolute(0);
+    }
     gauge!(SESSIONS_UNATTENDED).set(0.0);
     for cause in TeardownCause::ALL {
         for result in TeardownResult::ALL {
@@ -215,6 +209,10 @@ fn describe() {
     describe_counter!(
         SESSIONS_CLOSED,
         "Sessions closed by the worker, by close reason."
+    );
+    describe_counter!(
+        SESSIONS_ENDED_BY_REASON,
+        "Sessions closed, by why the call ended (ended_reason: agent_end_call, agent_wind_up, agent_closed, user_hangup, silence_timeout, max_duration, error, job_shutdown, expired, worker_lost)."
     );
     describe_histogram!(
         END_CALL_TO_SHUTDOWN,
@@ -318,10 +316,17 @@ pub fn session_state(from: Option<State>, to: Option<State>) {
     }
 }
 
-pub fn session_ended(outcome: Outcome, reason: Option<CloseReason>) {
+pub fn session_ended(
+    outcome: Outcome,
+    reason: Option<CloseReason>,
+    ended_reason: Option<EndedReason>,
+) {
     counter!(SESSIONS_ENDED, "outcome" => outcome.as_str()).increment(1);
     if let Some(reason) = reason {
         counter!(SESSIONS_CLOSED, "reason" => reason.as_str()).increment(1);
+    }
+    if let Some(ended) = ended_reason {
+        counter!(SESSIONS_ENDED_BY_REASON, "ended_reason" => ended.as_str()).increment(1);
     }
 }
 

@@ -101,6 +101,7 @@ fn log_report(report: &Report) {
             target: REPORT_TARGET,
             session_id = %report.session_id,
             outcome = report.outcome.map(|o| o.as_str()),
+            ended_reason = report.ended_reason.map(|r| r.as_str()),
             close_reason = report.close_reason.map(|r| r.as_str()),
             goodbye_ms = report.goodbye.map(millis),
             report = %json.as_str(),

@@ -26,6 +26,7 @@ async fn missing_and_oversized_ids_are_invalid_for_every_rpc() {
         assert_status(c.end_call(end_call(id, "S")).await, code, field);
         assert_status(c.on_speech_created(created(id, "S")).await, code, field);
         assert_status(c.on_speech_done(done(id, "S")).await, code, field);
+        assert_status(c.on_user_speech(user_speech(id)).await, code, field);
         assert_status(
             c.on_session_close(close(id, CloseReason::UserInitiated))
                 .await,
@@ -135,6 +136,57 @@ async fn malformed_options_are_invalid() {
             },
             "options.end_instructions.text",
         ),
+        (
+            pb::SessionOptions {
+                silence_timeout: Some(prost_types::Duration {
+                    seconds: -1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "options.silence_timeout",
+        ),
+        (
+            pb::SessionOptions {
+                silence_timeout: Some(prost_types::Duration {
+                    seconds: 3601,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "options.silence_timeout",
+        ),
+        (
+            pb::SessionOptions {
+                silence_reminder_after: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "options.silence_reminder_after",
+        ),
+        (
+            pb::SessionOptions {
+                silence_reminders: Some(11),
+                ..Default::default()
+            },
+            "options.silence_reminders",
+        ),
+        (
+            pb::SessionOptions {
+                silence_reminder_instructions: Some(String::new()),
+                ..Default::default()
+            },
+            "options.silence_reminder_instructions",
+        ),
+        (
+            pb::SessionOptions {
+                silence_reminder_instructions: Some("r".repeat(1025)),
+                ..Default::default()
+            },
+            "options.silence_reminder_instructions",
+        ),
     ];
     for (options, field) in cases {
         let request = pb::EndCallRequest {
@@ -174,6 +226,114 @@ async fn malformed_options_are_invalid() {
         "extra_description",
     );
     server.stop().await;
+}
+
+fn warning(seconds: i64, nanos: i32, text: &str) -> pb::TimeLimitWarning {
+    pb::TimeLimitWarning {
+        before: Some(prost_types::Duration { seconds, nanos }),
+        instructions: text.into(),
+    }
+}
+
+fn open_warned(
+    max_seconds: Option<i64>,
+    warnings: Vec<pb::TimeLimitWarning>,
+) -> pb::OpenSessionRequest {
+    pb::OpenSessionRequest {
+        session_id: "warned".into(),
+        max_duration: max_seconds.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+        max_duration_warnings: warnings,
+        ..Default::default()
+    }
+}
+
+/// docs/contract.md, bad input: each warning is before the limit and within the call, with
+/// instructions; warnings need the maximum duration; a later OpenSession cannot change them.
+#[tokio::test]
+async fn time_limit_warnings_are_checked() {
+    let server = TestServer::start(&[]).await;
+    let mut c = server.client().await;
+    let code = Code::InvalidArgument;
+    let cases = [
+        (
+            open_warned(None, vec![warning(10, 0, "soon")]),
+            "max_duration_warnings",
+        ),
+        (
+            open_warned(Some(60), vec![warning(10, 0, "soon"); 9]),
+            "max_duration_warnings",
+        ),
+        // Later than the limit: a warning comes before it.
+        (
+            open_warned(Some(60), vec![warning(10, 0, "a"), warning(-5, 0, "late")]),
+            "max_duration_warnings[1].before",
+        ),
+        (
+            open_warned(Some(60), vec![warning(0, 0, "at the limit")]),
+            "max_duration_warnings[0].before",
+        ),
+        (
+            open_warned(Some(60), vec![warning(60, 0, "before the call")]),
+            "max_duration_warnings[0].before",
+        ),
+        (
+            open_warned(
+                Some(60),
+                vec![pb::TimeLimitWarning {
+                    before: None,
+                    instructions: "x".into(),
+                }],
+            ),
+            "max_duration_warnings[0].before",
+        ),
+        (
+            open_warned(Some(60), vec![warning(10, 0, "")]),
+            "max_duration_warnings[0].instructions",
+        ),
+        (
+            open_warned(Some(60), vec![warning(10, 0, &"w".repeat(1025))]),
+            "max_duration_warnings[0].instructions",
+        ),
+    ];
+    for (request, field) in cases {
+        assert_status(c.open_session(request).await, code, field);
+    }
+    let missing = c.get_session(get("warned")).await;
+    assert_eq!(
+        missing.unwrap_err().code(),
+        Code::NotFound,
+        "nothing created"
+    );
+
+    let opened = c
+        .open_session(open_warned(
+            Some(60),
+            vec![warning(10, 0, "ten"), warning(30, 0, "thirty")],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let warnings = opened.options.unwrap().max_duration_warnings;
+    assert_eq!(warnings[0].instructions, "thirty", "in time order");
+    assert_status(
+        c.open_session(open_warned(Some(60), vec![warning(20, 0, "twenty")]))
+            .await,
+        Code::FailedPrecondition,
+        "max_duration_warnings",
+    );
+    let again = c
+        .open_session(open_warned(Some(60), Vec::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.options.unwrap().max_duration_warnings, warnings);
+    server.stop().await;
+}
+
+fn get(session: &str) -> pb::GetSessionRequest {
+    pb::GetSessionRequest {
+        session_id: session.into(),
+    }
 }
 
 #[tokio::test]

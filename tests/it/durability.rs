@@ -382,3 +382,77 @@ async fn a_failed_journal_write_refuses_events_and_stops_the_sidecar() {
         assert_eq!(report.state(), SessionState::Ending, "{id}");
     }
 }
+
+/// The silence ladder and the time-limit warnings survive a SIGKILL: the user's speech, the
+/// agent's speeches and the warnings are journaled, so the restarted sidecar winds the call up
+/// exactly when the one that died would have (counted from the journaled user speech), and
+/// issues the warning it still owes.
+#[tokio::test]
+async fn the_silence_ladder_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--state-dir", dir.path().to_str().unwrap()];
+    let mut sidecar = Sidecar::start(&flags);
+    let mut c = pb::end_call_service_client::EndCallServiceClient::new(
+        probe::connect(&sidecar.addr, PATIENCE).await.unwrap(),
+    );
+    let silence = Duration::from_millis(1500);
+    c.open_session(pb::OpenSessionRequest {
+        session_id: "quiet".into(),
+        options: Some(pb::SessionOptions {
+            silence_timeout: Some(duration(silence)),
+            silence_reminders: Some(0),
+            ..Default::default()
+        }),
+        max_duration: Some(duration(Duration::from_secs(60))),
+        max_duration_warnings: vec![pb::TimeLimitWarning {
+            before: Some(duration(Duration::from_millis(59_000))),
+            instructions: "a minute, give or take".into(),
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.on_speech_created(created("quiet", "greeting"))
+        .await
+        .unwrap();
+    c.on_speech_done(done("quiet", "greeting")).await.unwrap();
+    c.on_user_speech(user_speech("quiet")).await.unwrap();
+    let before = c.get_session(get("quiet")).await.unwrap().into_inner();
+    sidecar.child.kill().unwrap(); // SIGKILL
+    sidecar.child.wait().unwrap();
+
+    sidecar = Sidecar::start(&flags);
+    let mut c = pb::end_call_service_client::EndCallServiceClient::new(
+        probe::connect(&sidecar.addr, PATIENCE).await.unwrap(),
+    );
+    let mut stream = c
+        .watch_session(watch("quiet", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    let warning = next(&mut stream).await;
+    assert_eq!(
+        kind(&warning),
+        Kind::Remind(ShutdownCause::MaxDuration, "a minute, give or take".into())
+    );
+    let wind_up = next(&mut stream).await;
+    assert_eq!(kind(&wind_up), Kind::WindUp(ShutdownCause::SilenceTimeout));
+    let after = c.get_session(get("quiet")).await.unwrap().into_inner();
+    assert_eq!(
+        after.timeline[..before.timeline.len()],
+        before.timeline[..],
+        "the timeline came back as it was"
+    );
+    let spoke = before
+        .timeline
+        .iter()
+        .find(|e| matches!(&e.entry, Some(Entry::Event(t)) if t == "user_speech"))
+        .and_then(|e| e.at)
+        .unwrap();
+    let micros = |t: prost_types::Timestamp| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000;
+    let late = micros(wind_up.issued_at.unwrap()) - micros(spoke);
+    assert!(
+        late >= silence.as_micros() as i64,
+        "the silence counts from the journaled user speech: {late} us"
+    );
+}

@@ -55,10 +55,35 @@ fn done() -> pb::OnSpeechDoneRequest {
 }
 
 fn close() -> pb::OnSessionCloseRequest {
+    close_for(pb::CloseReason::UserInitiated)
+}
+
+fn close_for(reason: pb::CloseReason) -> pb::OnSessionCloseRequest {
     pb::OnSessionCloseRequest {
-        reason: pb::CloseReason::UserInitiated as i32,
+        reason: reason as i32,
         ..Default::default()
     }
+}
+
+fn seconds(seconds: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds, nanos: 0 })
+}
+
+/// A silence timeout of `timeout` s, with `reminders` reminders a second apart.
+fn silence(timeout: i64, reminders: u32) -> pb::OpenSessionRequest {
+    pb::OpenSessionRequest {
+        options: Some(pb::SessionOptions {
+            silence_timeout: seconds(timeout),
+            silence_reminder_after: seconds(1),
+            silence_reminders: Some(reminders),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn user_speech() -> pb::OnUserSpeechRequest {
+    pb::OnUserSpeechRequest::default()
 }
 
 /// Hand-written calls through the interpreter: the paths the fuzzer starts from. Also the
@@ -142,6 +167,7 @@ fn scenarios() -> Vec<(&'static str, Vec<Step>)> {
                 Step::on(Rpc::WatchSession, 4, 0, &pb::WatchSessionRequest::default()),
                 Step::advance(s(6)),
                 Step::advance(s(3)),
+                Step::on(Rpc::OnSessionClose, 4, 0, &close()),
             ],
         ),
         (
@@ -212,6 +238,109 @@ fn scenarios() -> Vec<(&'static str, Vec<Step>)> {
             ],
         ),
         (
+            "silence: reminded, wound up, shut down",
+            vec![
+                Step::on(Rpc::OpenSession, 1, 0, &silence(3, 1)),
+                Step::on(Rpc::WatchSession, 1, 0, &pb::WatchSessionRequest::default()),
+                Step::on(
+                    Rpc::OnSpeechCreated,
+                    1,
+                    0,
+                    &pb::OnSpeechCreatedRequest::default(),
+                ),
+                Step::advance(s(2)),
+                Step::on(Rpc::OnSpeechDone, 1, 0, &done()),
+                Step::advance(s(1)),
+                Step::advance(s(2)),
+                Step::advance(s(2)),
+                Step::on(
+                    Rpc::OnSessionClose,
+                    1,
+                    0,
+                    &close_for(pb::CloseReason::ParticipantDisconnected),
+                ),
+            ],
+        ),
+        (
+            "silence: the user answers, then the agent ends the call",
+            vec![
+                Step::on(Rpc::OpenSession, 2, 0, &silence(2, 1)),
+                Step::advance(s(1)),
+                Step::on(Rpc::OnUserSpeech, 2, 0, &user_speech()),
+                Step::advance(s(1)),
+                Step::on(Rpc::OnUserSpeech, 2, 0, &user_speech()),
+                Step::on(Rpc::EndCall, 2, 1, &end_call(None, false)),
+                Step::advance(s(3)),
+                Step::on(Rpc::OnSpeechDone, 2, 1, &done()),
+                Step::on(Rpc::OnSessionClose, 2, 0, &close()),
+            ],
+        ),
+        (
+            "time-limit warnings, then the agent winds up",
+            vec![
+                Step::on(
+                    Rpc::OpenSession,
+                    3,
+                    0,
+                    &pb::OpenSessionRequest {
+                        max_duration: seconds(4),
+                        max_duration_warnings: vec![
+                            pb::TimeLimitWarning {
+                                before: seconds(1),
+                                instructions: "one second left".into(),
+                            },
+                            pb::TimeLimitWarning {
+                                before: seconds(3),
+                                instructions: "three seconds left".into(),
+                            },
+                        ],
+                        ..Default::default()
+                    },
+                ),
+                Step::advance(s(1)),
+                Step::advance(s(1)),
+                Step::advance(s(1)),
+                Step::advance(s(1)),
+                Step::on(Rpc::EndCall, 3, 0, &end_call(None, false)),
+                Step::on(Rpc::OnSpeechDone, 3, 0, &done()),
+                Step::on(
+                    Rpc::OnSessionClose,
+                    3,
+                    0,
+                    &close_for(pb::CloseReason::TaskCompleted),
+                ),
+            ],
+        ),
+        (
+            "every close reason before end_call",
+            vec![
+                Step::on(
+                    Rpc::OnSessionClose,
+                    0,
+                    0,
+                    &close_for(pb::CloseReason::Error),
+                ),
+                Step::on(
+                    Rpc::OnSessionClose,
+                    1,
+                    0,
+                    &close_for(pb::CloseReason::JobShutdown),
+                ),
+                Step::on(
+                    Rpc::OnSessionClose,
+                    2,
+                    0,
+                    &close_for(pb::CloseReason::TaskCompleted),
+                ),
+                Step::on(
+                    Rpc::OnSessionClose,
+                    3,
+                    0,
+                    &close_for(pb::CloseReason::ParticipantDisconnected),
+                ),
+            ],
+        ),
+        (
             "bad input",
             vec![
                 Step::raw(Rpc::EndCall, &pb::EndCallRequest::default()),
@@ -251,6 +380,25 @@ fn scenarios() -> Vec<(&'static str, Vec<Step>)> {
                 ),
                 Step::on(Rpc::OnSessionClose, 0, 0, &close()),
                 Step::on(Rpc::EndCall, 0, 0, &end_call(None, false)),
+                Step::on(
+                    Rpc::OpenSession,
+                    1,
+                    0,
+                    &pb::OpenSessionRequest {
+                        max_duration: seconds(60),
+                        max_duration_warnings: vec![pb::TimeLimitWarning {
+                            before: seconds(-1),
+                            instructions: "later than the limit".into(),
+                        }],
+                        ..Default::default()
+                    },
+                ),
+                Step::raw(
+                    Rpc::OnUserSpeech,
+                    &pb::OnUserSpeechRequest {
+                        session_id: String::new(),
+                    },
+                ),
             ],
         ),
     ]
@@ -275,8 +423,16 @@ fn scenarios_reach_every_directive_and_refusal() {
         all.watched += summary.watched;
         all.streams_dropped += summary.streams_dropped;
         all.teardowns.extend(summary.teardowns);
+        all.reminded.extend(summary.reminded);
+        all.ended.extend(summary.ended);
     }
-    let kinds = [K::ShutdownSession, K::DeleteRoom, K::ShutdownJob, K::WindUp];
+    let kinds = [
+        K::ShutdownSession,
+        K::DeleteRoom,
+        K::ShutdownJob,
+        K::WindUp,
+        K::Remind,
+    ];
     for kind in kinds {
         assert!(all.directives.contains(&(kind as i32)), "{kind:?}: {all:?}");
     }
@@ -286,9 +442,19 @@ fn scenarios_reach_every_directive_and_refusal() {
         C::ReplyTimeout,
         C::PlayoutGuard,
         C::MaxDuration,
+        C::SilenceTimeout,
     ];
     for cause in causes {
         assert!(all.causes.contains(&(cause as i32)), "{cause:?}: {all:?}");
+    }
+    for kind in [K::WindUp, K::Remind] {
+        for cause in [C::MaxDuration, C::SilenceTimeout] {
+            let key = (kind as i32, cause as i32);
+            assert!(all.reminded.contains(&key), "{kind:?} {cause:?}: {all:?}");
+        }
+    }
+    for reason in (1..).map_while(|n| pb::EndedReason::try_from(n).ok()) {
+        assert!(all.ended.contains(&(reason as i32)), "{reason:?}: {all:?}");
     }
     use tonic::Code;
     for refusal in [
@@ -296,6 +462,8 @@ fn scenarios_reach_every_directive_and_refusal() {
         (Rpc::EndCall, Code::FailedPrecondition),
         (Rpc::OnSpeechCreated, Code::ResourceExhausted),
         (Rpc::OnSessionClose, Code::InvalidArgument),
+        (Rpc::OpenSession, Code::InvalidArgument),
+        (Rpc::OnUserSpeech, Code::InvalidArgument),
         (Rpc::GetTool, Code::InvalidArgument),
         (Rpc::GetSession, Code::NotFound),
     ] {
@@ -358,20 +526,39 @@ fn step() -> impl Strategy<Value = Step> {
                 ..Default::default()
             }
         )),
-        (session.clone(), 1i64..8, any::<bool>()).prop_map(|(s, seconds, room)| Step::on(
+        (session.clone(), 1i64..8, any::<bool>(), 0i64..8).prop_map(|(s, max, room, before)| {
+            Step::on(
+                Rpc::OpenSession,
+                s,
+                0,
+                &pb::OpenSessionRequest {
+                    max_duration: seconds(max),
+                    room: if room {
+                        format!("room-{s}")
+                    } else {
+                        String::new()
+                    },
+                    // Sometimes a warning later than the limit, or before the call: refused.
+                    max_duration_warnings: (before > 0)
+                        .then(|| pb::TimeLimitWarning {
+                            before: seconds(before),
+                            instructions: format!("{before} s left"),
+                        })
+                        .into_iter()
+                        .collect(),
+                    ..Default::default()
+                },
+            )
+        }),
+        (session.clone(), 1i64..6, 0u32..3).prop_map(|(s, timeout, reminders)| Step::on(
             Rpc::OpenSession,
             s,
             0,
-            &pb::OpenSessionRequest {
-                max_duration: Some(prost_types::Duration { seconds, nanos: 0 }),
-                room: if room {
-                    format!("room-{s}")
-                } else {
-                    String::new()
-                },
-                ..Default::default()
-            }
+            &silence(timeout, reminders)
         )),
+        session
+            .clone()
+            .prop_map(|s| Step::on(Rpc::OnUserSpeech, s, 0, &user_speech())),
         session.prop_map(Step::drop_stream),
         any::<u8>().prop_map(Step::Advance),
     ]

@@ -474,7 +474,7 @@ async fn max_call_duration_winds_up_then_shuts_down() {
     assert!(opened.options.unwrap().max_duration.is_some());
     let mut stream = c.watch_session(watch("m1", 0)).await.unwrap().into_inner();
     let wind_up = next(&mut stream).await;
-    assert_eq!(kind(&wind_up), Kind::WindUp);
+    assert_eq!(kind(&wind_up), Kind::WindUp(ShutdownCause::MaxDuration));
     assert!(!wind_up.instructions.is_empty());
     assert_eq!(
         kind(&next(&mut stream).await),

@@ -12,6 +12,7 @@ mod lifecycle;
 mod limits;
 mod process;
 mod security;
+mod silence;
 mod teardown;
 mod unix_socket;
 mod versions;

@@ -16,6 +16,8 @@ import type {
   OnSpeechCreatedResponse__Output,
   OnSpeechDoneRequest,
   OnSpeechDoneResponse__Output,
+  OnUserSpeechRequest,
+  OnUserSpeechResponse__Output,
   OpenSessionRequest,
   OpenSessionResponse__Output,
   SessionReport__Output,
@@ -138,6 +140,11 @@ export class EndCallClient {
 
   onSpeechDone(req: OnSpeechDoneRequest): Promise<OnSpeechDoneResponse__Output> {
     return this.#call(this.#stub.onSpeechDone as Unary<OnSpeechDoneRequest, OnSpeechDoneResponse__Output>, req);
+  }
+
+  /** The user spoke (a final transcript with words): the session's silence starts again. */
+  onUserSpeech(req: OnUserSpeechRequest): Promise<OnUserSpeechResponse__Output> {
+    return this.#call(this.#stub.onUserSpeech as Unary<OnUserSpeechRequest, OnUserSpeechResponse__Output>, req);
   }
 
   onSessionClose(req: OnSessionCloseRequest): Promise<OnSessionCloseResponse__Output> {

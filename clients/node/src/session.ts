@@ -8,6 +8,7 @@ import type {
   OnSessionCloseResponse__Output,
   OnSpeechCreatedResponse__Output,
   OnSpeechDoneResponse__Output,
+  OnUserSpeechResponse__Output,
   OpenSessionRequest,
   OpenSessionResponse__Output,
   SessionOptions,
@@ -103,6 +104,11 @@ export class SidecarSession {
         toolOutputGiven: info.toolOutputGiven,
       }),
     );
+  }
+
+  /** The user spoke (a final transcript with words): the silence starts again. */
+  userSpeech(): Promise<OnUserSpeechResponse__Output> {
+    return this.#event(() => this.client.onUserSpeech({ sessionId: this.sessionId }));
   }
 
   /**

@@ -18,6 +18,11 @@ export type { OnSpeechCreatedRequest } from './gen/endcall/v1/OnSpeechCreatedReq
 export type { OnSpeechCreatedResponse, OnSpeechCreatedResponse__Output } from './gen/endcall/v1/OnSpeechCreatedResponse.js';
 export type { OnSpeechDoneRequest } from './gen/endcall/v1/OnSpeechDoneRequest.js';
 export type { OnSpeechDoneResponse, OnSpeechDoneResponse__Output } from './gen/endcall/v1/OnSpeechDoneResponse.js';
+export type { OnUserSpeechRequest } from './gen/endcall/v1/OnUserSpeechRequest.js';
+export type { OnUserSpeechResponse, OnUserSpeechResponse__Output } from './gen/endcall/v1/OnUserSpeechResponse.js';
+export type { EndedReason, EndedReason__Output } from './gen/endcall/v1/EndedReason.js';
+export { EndedReason as EndedReasons } from './gen/endcall/v1/EndedReason.js';
+export type { TimeLimitWarning, TimeLimitWarning__Output } from './gen/endcall/v1/TimeLimitWarning.js';
 export type { OpenSessionRequest } from './gen/endcall/v1/OpenSessionRequest.js';
 export type { OpenSessionResponse__Output } from './gen/endcall/v1/OpenSessionResponse.js';
 export type { Outcome, Outcome__Output } from './gen/endcall/v1/Outcome.js';

@@ -35,6 +35,12 @@ impl Time {
     pub fn since(self, earlier: Time) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0))
     }
+
+    /// `d` before `self` (the epoch at the earliest).
+    pub fn minus(self, d: Duration) -> Time {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        Time(self.0.saturating_sub(micros))
+    }
 }
 
 impl Add<Duration> for Time {
@@ -118,10 +124,25 @@ pub struct Options {
     #[cfg_attr(any(test, feature = "serde"), serde(with = "duration_ms"))]
     pub reply_timeout: Duration,
     pub early_reply_capture: bool,
+    /// Extension (the silence ladder): `None` is off.
+    #[cfg_attr(
+        any(test, feature = "serde"),
+        serde(serialize_with = "opt_duration_ms")
+    )]
+    pub silence_timeout: Option<Duration>,
+    #[cfg_attr(any(test, feature = "serde"), serde(with = "duration_ms"))]
+    pub silence_reminder_after: Duration,
+    pub silence_reminders: u8,
+    /// One pointer wide, so that a `REMIND` directive carrying it is too.
+    pub silence_reminder_instructions: ArcStr,
 }
 
+/// The default instructions of a silence reminder.
+pub const SILENCE_REMINDER_INSTRUCTIONS: &str =
+    "The user has been silent for a while. Briefly ask whether they are still there.";
+
 impl Default for Options {
-    /// The reference tool's defaults.
+    /// The reference tool's defaults, and the extensions' (the silence ladder off).
     fn default() -> Self {
         Self {
             delete_room: true,
@@ -130,6 +151,10 @@ impl Default for Options {
             ignore_on_enter: false,
             reply_timeout: Duration::from_secs(5),
             early_reply_capture: false,
+            silence_timeout: None,
+            silence_reminder_after: Duration::from_secs(10),
+            silence_reminders: 1,
+            silence_reminder_instructions: ArcStr::from(SILENCE_REMINDER_INSTRUCTIONS),
         }
     }
 }
@@ -144,6 +169,11 @@ pub struct OptionsPatch {
     pub ignore_on_enter: Option<bool>,
     pub reply_timeout: Option<Duration>,
     pub early_reply_capture: Option<bool>,
+    /// `Some(None)` turns the silence ladder off; `None` takes the default.
+    pub silence_timeout: Option<Option<Duration>>,
+    pub silence_reminder_after: Option<Duration>,
+    pub silence_reminders: Option<u8>,
+    pub silence_reminder_instructions: Option<ArcStr>,
 }
 
 impl OptionsPatch {
@@ -163,8 +193,26 @@ impl OptionsPatch {
             early_reply_capture: self
                 .early_reply_capture
                 .unwrap_or(defaults.early_reply_capture),
+            silence_timeout: self.silence_timeout.unwrap_or(defaults.silence_timeout),
+            silence_reminder_after: self
+                .silence_reminder_after
+                .unwrap_or(defaults.silence_reminder_after),
+            silence_reminders: self.silence_reminders.unwrap_or(defaults.silence_reminders),
+            silence_reminder_instructions: self
+                .silence_reminder_instructions
+                .unwrap_or_else(|| defaults.silence_reminder_instructions.clone()),
         }
     }
+}
+
+/// A warning before the call's maximum duration: issued as `REMIND` with its instructions,
+/// `before` the limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+pub struct Warning {
+    #[cfg_attr(any(test, feature = "serde"), serde(with = "duration_ms"))]
+    pub before: Duration,
+    pub instructions: ArcStr,
 }
 
 /// What the worker's model can do; `None` means "not told".
@@ -232,6 +280,8 @@ pub enum ShutdownCause {
     ReplyTimeout,
     PlayoutGuard,
     MaxDuration,
+    /// Extension (the silence ladder): the user was silent for the session's silence timeout.
+    SilenceTimeout,
 }
 
 impl ShutdownCause {
@@ -242,12 +292,16 @@ impl ShutdownCause {
             ShutdownCause::ReplyTimeout => "reply_timeout",
             ShutdownCause::PlayoutGuard => "playout_guard",
             ShutdownCause::MaxDuration => "max_duration",
+            ShutdownCause::SilenceTimeout => "silence_timeout",
         }
     }
 }
 
 /// What the worker is told to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// `WindUp` and `Remind` carry the limit they lead up to as a [`ShutdownCause`]:
+/// `MaxDuration` (the maximum call duration) or `SilenceTimeout` (the silence ladder).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Directive {
     ShutdownSession {
         cause: ShutdownCause,
@@ -256,20 +310,38 @@ pub enum Directive {
     ShutdownJob {
         reason: CloseReason,
     },
-    /// Max call duration reached: ask the agent to say goodbye and end the call.
-    WindUp,
+    /// A limit was reached: ask the agent to say goodbye and end the call. Its instructions
+    /// are the server's, for that limit.
+    WindUp {
+        cause: ShutdownCause,
+    },
+    /// Have the agent say something: a silence reminder, or a warning before the time limit.
+    Remind {
+        cause: ShutdownCause,
+        instructions: ArcStr,
+    },
 }
 
 impl Directive {
     /// Its name in logs and metric labels.
-    pub const fn kind(self) -> &'static str {
+    pub const fn kind(&self) -> &'static str {
         match self {
             Directive::ShutdownSession { .. } => "shutdown_session",
             Directive::DeleteRoom => "delete_room",
             Directive::ShutdownJob { .. } => "shutdown_job",
-            Directive::WindUp => "wind_up",
+            Directive::WindUp { .. } => "wind_up",
+            Directive::Remind { .. } => "remind",
         }
     }
+
+    /// Every kind's name, as [`Directive::kind`] gives it.
+    pub const KINDS: [&'static str; 5] = [
+        "shutdown_session",
+        "delete_room",
+        "shutdown_job",
+        "wind_up",
+        "remind",
+    ];
 }
 
 /// Longest session or speech id, in bytes.
@@ -300,19 +372,35 @@ pub fn check_id(raw: &str) -> Result<(), IdProblem> {
 
 /// Longest free text (`end_instructions`, `extra_description`, `error_message`), in bytes.
 pub const MAX_TEXT_BYTES: usize = 4096;
+/// Longest instructions of a `REMIND` (a silence reminder's, a time-limit warning's), in bytes:
+/// every `REMIND` a session can issue must fit in one HTTP/2 window (below).
+pub const MAX_INSTRUCTIONS_BYTES: usize = 1024;
 /// Longest maximum call duration a session may ask for.
 pub const MAX_CALL_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// The largest reply timeout a request or flag may set.
 pub const MAX_REPLY_TIMEOUT: Duration = Duration::from_secs(600);
+/// The largest silence timeout and silence reminder interval a request or flag may set.
+pub const MAX_SILENCE: Duration = Duration::from_secs(3600);
+/// The most silence reminders per silence a request or flag may ask for.
+pub const MAX_SILENCE_REMINDERS: u8 = 10;
+/// The most time-limit warnings a session may have.
+pub const MAX_WARNINGS: usize = 8;
 
-/// The most directives one session can issue: each kind at most once (one SHUTDOWN_SESSION,
-/// one WIND_UP, and DELETE_ROOM and SHUTDOWN_JOB on the one close). A watch stream therefore
-/// never carries more: far less than an HTTP/2 window, so a client that stops reading cannot
-/// keep a stream from ending.
-pub const MAX_DIRECTIVES_PER_SESSION: usize = 4;
+/// The most `REMIND`s one session issues, silence reminders and time-limit warnings together.
+/// Silence starts again each time the user speaks, so without it a long call could issue them
+/// without end; past it, no more are issued (the silence timeout still applies).
+pub const MAX_REMINDS_PER_SESSION: usize = 32;
+
+/// The most directives one session can issue: `SHUTDOWN_SESSION`, `WIND_UP`, `DELETE_ROOM` and
+/// `SHUTDOWN_JOB` at most once each, and [`MAX_REMINDS_PER_SESSION`] `REMIND`s. A watch stream
+/// therefore never carries more: 44,316 bytes even if all 36 were as long as a `REMIND` can be
+/// (1,024 bytes of instructions, a 128-byte session id, the gRPC and HTTP/2 framing; a test of
+/// the codec checks it), less than the smallest HTTP/2 window (65,535 bytes), so a client
+/// that stops reading cannot keep a stream from ending.
+pub const MAX_DIRECTIVES_PER_SESSION: usize = 4 + MAX_REMINDS_PER_SESSION;
 
 /// A directive as issued: numbered and timed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuedDirective {
     pub seq: u64,
     pub at: Time,
@@ -329,10 +417,19 @@ impl Serialize for IssuedDirective {
         map.serialize_entry("seq", &self.seq)?;
         map.serialize_entry("at", &self.at)?;
         map.serialize_entry("kind", self.directive.kind())?;
-        match self.directive {
-            Directive::ShutdownSession { cause } => map.serialize_entry("cause", &cause)?,
-            Directive::ShutdownJob { reason } => map.serialize_entry("reason", &reason)?,
-            Directive::DeleteRoom | Directive::WindUp => {}
+        match &self.directive {
+            Directive::ShutdownSession { cause } | Directive::WindUp { cause } => {
+                map.serialize_entry("cause", cause)?;
+            }
+            Directive::Remind {
+                cause,
+                instructions,
+            } => {
+                map.serialize_entry("cause", cause)?;
+                map.serialize_entry("instructions", instructions)?;
+            }
+            Directive::ShutdownJob { reason } => map.serialize_entry("reason", reason)?,
+            Directive::DeleteRoom => {}
         }
         map.end()
     }
@@ -391,12 +488,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Shutdown(ShutdownCause::ToolTurnDone),
         Outcome::Shutdown(ShutdownCause::ReplyPlayedOut),
         Outcome::Shutdown(ShutdownCause::ReplyTimeout),
         Outcome::Shutdown(ShutdownCause::PlayoutGuard),
         Outcome::Shutdown(ShutdownCause::MaxDuration),
+        Outcome::Shutdown(ShutdownCause::SilenceTimeout),
         Outcome::ClosedDuringEndCall,
         Outcome::ClosedWithoutEndCall,
         Outcome::Expired,
@@ -410,6 +508,63 @@ impl Outcome {
             Outcome::ClosedWithoutEndCall => "closed_without_end_call",
             Outcome::Expired => "expired",
             Outcome::WorkerLost => "worker_lost",
+        }
+    }
+}
+
+/// Why a call ended, in one value a dashboard can group by (`docs/contract.md`, ended
+/// reason). Known once the session is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(any(test, feature = "serde"), derive(Serialize))]
+#[cfg_attr(any(test, feature = "serde"), serde(rename_all = "snake_case"))]
+pub enum EndedReason {
+    /// The agent's LLM called end_call on its own.
+    AgentEndCall,
+    /// The agent called end_call after the sidecar's `WIND_UP`.
+    AgentWindUp,
+    /// The worker closed the session before any end_call, for its own reasons
+    /// (`user_initiated`, `task_completed`).
+    AgentClosed,
+    /// The participant disconnected before any end_call.
+    UserHangup,
+    SilenceTimeout,
+    MaxDuration,
+    /// Closed with `error` before `SHUTDOWN_SESSION`.
+    Error,
+    /// Closed with `job_shutdown` before any end_call.
+    JobShutdown,
+    /// Expired idle: its worker vanished with no stream.
+    Expired,
+    /// Its worker was lost, and the sidecar tore the call down.
+    WorkerLost,
+}
+
+impl EndedReason {
+    pub const ALL: [EndedReason; 10] = [
+        EndedReason::AgentEndCall,
+        EndedReason::AgentWindUp,
+        EndedReason::AgentClosed,
+        EndedReason::UserHangup,
+        EndedReason::SilenceTimeout,
+        EndedReason::MaxDuration,
+        EndedReason::Error,
+        EndedReason::JobShutdown,
+        EndedReason::Expired,
+        EndedReason::WorkerLost,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EndedReason::AgentEndCall => "agent_end_call",
+            EndedReason::AgentWindUp => "agent_wind_up",
+            EndedReason::AgentClosed => "agent_closed",
+            EndedReason::UserHangup => "user_hangup",
+            EndedReason::SilenceTimeout => "silence_timeout",
+            EndedReason::MaxDuration => "max_duration",
+            EndedReason::Error => "error",
+            EndedReason::JobShutdown => "job_shutdown",
+            EndedReason::Expired => "expired",
+            EndedReason::WorkerLost => "worker_lost",
         }
     }
 }
@@ -564,6 +719,8 @@ pub enum Event {
         max_duration: Option<Duration>,
         /// The LiveKit room of the call; the first one given is kept.
         room: Option<RoomName>,
+        /// Warnings before `max_duration` (empty: none), in any order.
+        warnings: Vec<Warning>,
     },
     EndCall {
         speech: SpeechId,
@@ -583,6 +740,8 @@ pub enum Event {
         reason: CloseReason,
         error: Option<String>,
     },
+    /// The user spoke (a final transcript with words): the silence starts again.
+    UserSpeech,
 }
 
 /// A duration in whole milliseconds, the unit people read in reports.
@@ -599,5 +758,17 @@ pub(crate) mod duration_ms {
 
     pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(super::millis(*d))
+    }
+}
+
+/// Serde's view of an optional duration in milliseconds (`null` for none).
+#[cfg(any(test, feature = "serde"))]
+pub(crate) fn opt_duration_ms<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => duration_ms::serialize(d, s),
+        None => s.serialize_none(),
     }
 }

@@ -15,9 +15,9 @@ use std::{sync::Arc, time::Duration};
 use smallvec::SmallVec;
 
 use crate::domain::{
-    Capabilities, CloseReason, Directive, Event, IssuedDirective, Options, Outcome, RoomName,
-    SessionId, ShutdownCause, SpeechId, State, TeardownCause, TeardownDone, TeardownOrder,
-    TeardownResult, Time,
+    Capabilities, CloseReason, Directive, EndedReason, Event, IssuedDirective, Options, Outcome,
+    RoomName, SessionId, ShutdownCause, SpeechId, State, TeardownCause, TeardownDone,
+    TeardownOrder, TeardownResult, Time, Warning, MAX_REMINDS_PER_SESSION,
 };
 
 /// Server-wide timing of the extensions, passed in rather than stored per session.
@@ -25,7 +25,8 @@ use crate::domain::{
 pub struct Timing {
     /// How long `ENDING` or `PLAYING_REPLY` may last before `SHUTDOWN_SESSION`.
     pub playout_guard: Duration,
-    /// After `WIND_UP`, how long the call may go on before `SHUTDOWN_SESSION`.
+    /// After `WIND_UP` (max call duration or silence timeout), how long the call may go on
+    /// before `SHUTDOWN_SESSION`.
     pub wind_up_grace: Duration,
     /// How long an attended session may go with no watch stream open and no event before its
     /// worker counts as lost.
@@ -52,6 +53,8 @@ pub enum Rejection {
     OptionsConflict,
     #[error("the session already has a different maximum duration")]
     MaxDurationConflict,
+    #[error("the session already has different warnings")]
+    WarningsConflict,
 }
 
 /// What one event did.
@@ -79,6 +82,8 @@ pub enum EventRecord {
     Close {
         reason: CloseReason,
     },
+    /// The user spoke.
+    UserSpeech,
     Expired,
     /// The sidecar closed the session and tore the call down.
     TornDown {
@@ -155,6 +160,13 @@ struct CloseRecord {
 struct RareParts {
     /// Extension: the maximum duration, and when `WIND_UP` is due.
     max_duration: Option<(Duration, Time)>,
+    /// Extension (staged time limits): warnings before the maximum duration, in time order
+    /// (the longest `before` first), and how many of them have come due.
+    warnings: Vec<Warning>,
+    warned: u8,
+    /// When `SHUTDOWN_SESSION` was issued (its cause is inline, in `Session`): kept here, as a
+    /// session shutting down needs its rare parts soon anyway, for its close.
+    shutdown_at: Time,
     /// Extension (early reply capture): a speech created while `ENDING`, and whether it is done.
     early_reply: Option<(SpeechId, bool)>,
     close_record: Option<CloseRecord>,
@@ -164,6 +176,66 @@ struct RareParts {
     /// million waiting sessions, pays nothing for it; one with a room also holds a watch
     /// stream, which costs far more).
     room: Option<RoomName>,
+}
+
+/// The silence ladder of a session whose options turn it on (`docs/contract.md`, the silence
+/// ladder): boxed, so that only those sessions pay for it, 16 bytes each.
+///
+/// Silence grows while no agent speech is in progress and pauses while one is, so it is kept
+/// as one number whose meaning follows `paused`; it changes meaning only at an event, the only
+/// time an agent speech starts or ends.
+#[derive(Debug)]
+struct Silence {
+    /// While silence grows: the time, in µs since the epoch, at which it would have started
+    /// had it never paused (the silence at `t` is `t - at`). While paused: the silence so far,
+    /// in µs. Once wound up: when the silence reached the timeout.
+    at: u64,
+    /// Reminder slots passed in this silence: the reminders issued, and any skipped because a
+    /// later one was due at the same time.
+    reminded: u8,
+    /// An agent speech is in progress.
+    paused: bool,
+    /// The silence reached the timeout: `WIND_UP` was issued, and `SHUTDOWN_SESSION` follows
+    /// the grace unless the call ends first.
+    wound_up: bool,
+}
+
+impl Silence {
+    /// A silence that starts at `now`, not paused (the next event settles that).
+    fn from(now: Time) -> Self {
+        Silence {
+            at: now.as_micros(),
+            reminded: 0,
+            paused: false,
+            wound_up: false,
+        }
+    }
+
+    /// The silence at `now`, in µs.
+    fn at(&self, now: Time) -> u64 {
+        if self.paused {
+            self.at
+        } else {
+            now.as_micros().saturating_sub(self.at)
+        }
+    }
+
+    /// Pauses or resumes at `now`, as an agent speech is or is not in progress. Once wound
+    /// up, `at` keeps the time the timeout was reached.
+    fn settle(&mut self, speaking: bool, now: Time) {
+        if speaking != self.paused && !self.wound_up {
+            // Growing: `at` is a start, so now - start is the silence so far; paused: `at` is
+            // the silence so far, so now - silence is the start it resumes from.
+            self.at = now.as_micros().saturating_sub(self.at);
+            self.paused = speaking;
+        }
+    }
+
+    /// The user spoke: a new silence starts at `now`.
+    fn reset(&mut self, now: Time) {
+        self.at = if self.paused { 0 } else { now.as_micros() };
+        self.reminded = 0;
+    }
 }
 
 /// The sidecar tearing a call down: why, when, and (once known) what came of it.
@@ -190,10 +262,11 @@ pub struct Session {
     wind_up_issued: bool,
     /// The worker's lease: whether it ever held a watch stream, and how many it holds now.
     lease: Lease,
-    /// Why `SHUTDOWN_SESSION` was issued, and (`shutdown_at`) when; split, so that the cause
-    /// sits in a spare byte beside the flags rather than in a 16-byte pair.
+    /// Why `SHUTDOWN_SESSION` was issued (its time is in the rare parts): the cause sits in a
+    /// spare byte beside the flags.
     shutdown_cause: Option<ShutdownCause>,
-    shutdown_at: Time,
+    /// The silence ladder, if the session's options turn it on.
+    silence: Option<Box<Silence>>,
     /// The worker's last sign of life: its last event, or the close of its last stream. Idle
     /// expiry and the worker-lost window count from here.
     last_activity: Time,
@@ -245,6 +318,9 @@ impl Lease {
 
 impl Session {
     pub fn new(defaults: Arc<Options>, now: Time) -> Self {
+        let silence = defaults
+            .silence_timeout
+            .map(|_| Box::new(Silence::from(now)));
         Self {
             options: defaults,
             options_fixed: false,
@@ -253,7 +329,7 @@ impl Session {
             wind_up_issued: false,
             lease: Lease::default(),
             shutdown_cause: None,
-            shutdown_at: Time::NEVER,
+            silence,
             last_activity: now,
             tool_speeches: SmallVec::new(),
             waiters: SmallVec::new(),
@@ -280,12 +356,14 @@ impl Session {
                 options,
                 max_duration,
                 room,
-            } => self.open(options, max_duration, room, now),
+                warnings,
+            } => self.open(options, max_duration, room, warnings, now),
             Event::EndCall {
                 speech,
                 options,
                 capabilities,
             } => self.end_call(speech, options, capabilities, now),
+            Event::UserSpeech => self.user_speech(now),
             Event::SpeechCreated { speech } => self.speech_created(speech, now),
             Event::SpeechDone {
                 speech,
@@ -307,6 +385,11 @@ impl Session {
                 false
             }
         };
+        // An agent speech may have started or ended: the silence pauses or resumes from now.
+        if let Some(silence) = self.silence.as_deref_mut() {
+            let speaking = self.recent.iter().any(|r| r.created && !r.done);
+            silence.settle(speaking, now);
+        }
         Ok(Step {
             directives: self.directives[first_new..].to_vec(),
             duplicate,
@@ -319,11 +402,15 @@ impl Session {
             Event::Open {
                 options,
                 max_duration,
+                warnings,
                 ..
             } => {
                 if let (Some(max), Some((known, _))) = (max_duration, self.max_duration_at()) {
                     if *max != known {
                         return Err(Rejection::MaxDurationConflict);
+                    }
+                    if !warnings.is_empty() && sorted(warnings.clone()) != self.warnings() {
+                        return Err(Rejection::WarningsConflict);
                     }
                 }
                 options
@@ -347,6 +434,7 @@ impl Session {
         options: Option<Arc<Options>>,
         max_duration: Option<Duration>,
         room: Option<RoomName>,
+        warnings: Vec<Warning>,
         now: Time,
     ) -> bool {
         let new_options = options.is_some() && !self.options_fixed;
@@ -356,12 +444,14 @@ impl Session {
             && !new_max
             && !new_room
             && self.timeline_has(|r| matches!(r, EventRecord::Open));
-        self.fix_options(options);
+        self.fix_options(options, now);
         if let (Some(room), None) = (room, self.room()) {
             self.rare_mut().room = Some(room);
         }
         if let (Some(max), None) = (max_duration, self.max_duration_at()) {
-            self.rare_mut().max_duration = Some((max, now + max));
+            let rare = self.rare_mut();
+            rare.max_duration = Some((max, now + max));
+            rare.warnings = sorted(warnings);
         }
         self.record(now, EventRecord::Open, duplicate);
         duplicate
@@ -376,7 +466,7 @@ impl Session {
         now: Time,
     ) -> bool {
         let speech = self.known(speech);
-        self.fix_options(options);
+        self.fix_options(options, now);
         if self.tool_speeches.iter().any(|t| t.id == speech) {
             self.record(now, EventRecord::EndCall { speech }, true);
             return true;
@@ -400,6 +490,18 @@ impl Session {
             // The done overtook this EndCall: act as if it came after (late-EndCall extension).
             let index = self.tool_speeches.len() - 1;
             self.tool_speech_done(index, now);
+        }
+        false
+    }
+
+    /// The user spoke: the silence ladder starts again (reminders included). Never a
+    /// duplicate: two reports of speech are two new silences, the second from its own time.
+    fn user_speech(&mut self, now: Time) -> bool {
+        self.record(now, EventRecord::UserSpeech, false);
+        if let Some(silence) = self.silence.as_deref_mut() {
+            if !silence.wound_up {
+                silence.reset(now);
+            }
         }
         false
     }
@@ -514,13 +616,14 @@ impl Session {
             self.shut_down(ShutdownCause::ToolTurnDone, now);
             return;
         }
-        match self.rare.as_deref_mut().and_then(|e| e.early_reply.take()) {
-            Some((_, true)) => self.shut_down(ShutdownCause::ReplyPlayedOut, now),
-            Some((reply, false)) => self.waiters.push(Waiter::Playing { reply, since: now }),
-            None => self.waiters.push(Waiter::Awaiting {
+        let waiter = match self.rare.as_deref_mut().and_then(|e| e.early_reply.take()) {
+            Some((_, true)) => return self.shut_down(ShutdownCause::ReplyPlayedOut, now),
+            Some((reply, false)) => Waiter::Playing { reply, since: now },
+            None => Waiter::Awaiting {
                 deadline: now + self.options.reply_timeout,
-            }),
-        }
+            },
+        };
+        self.waiters.push(waiter);
     }
 
     /// Rows 7 and 8. A call the sidecar itself ended (the max-duration extension, before any
@@ -649,7 +752,8 @@ impl Session {
     }
 
     /// Applies every deadline that has passed by `now`: the reply timeout (row 5), the playout
-    /// guard, the maximum call duration, the worker-lost window and the close deadline.
+    /// guard, the maximum call duration and its warnings, the silence ladder, the worker-lost
+    /// window and the close deadline.
     pub fn on_time(&mut self, now: Time, timing: &Timing) -> Vec<IssuedDirective> {
         let first_new = self.directives.len();
         if let Some((at, cause)) = self.teardown_deadline(timing) {
@@ -658,15 +762,23 @@ impl Session {
             }
         }
         if !self.is_closed() && self.shutdown_cause.is_none() {
+            self.warnings_due(now);
             if let Some((_, wind_up_at)) = self.max_duration_at() {
                 if !self.wind_up_issued && wind_up_at <= now {
                     self.wind_up_issued = true;
-                    // Once end_call was called the agent is already saying goodbye.
-                    if self.tool_speeches.is_empty() {
-                        self.issue(Directive::WindUp, now);
+                    // Once end_call was called the agent is already saying goodbye; once a
+                    // WIND_UP was issued (for silence) it has been asked to.
+                    if self.winding_free() {
+                        self.issue(
+                            Directive::WindUp {
+                                cause: ShutdownCause::MaxDuration,
+                            },
+                            now,
+                        );
                     }
                 }
             }
+            self.silence_due(now);
             if let Some((_, cause)) = self
                 .shutdown_deadlines(timing)
                 .filter(|(at, _)| *at <= now)
@@ -691,8 +803,133 @@ impl Session {
         self.shutdown_deadlines(timing)
             .map(|(at, _)| at)
             .chain(wind_up)
+            .chain(self.next_warning())
+            .chain(self.next_silence())
             .chain(teardown)
             .min()
+    }
+
+    /// Whether the agent may still be asked to wind up or be reminded: no end_call yet (the
+    /// agent is already saying goodbye) and no `WIND_UP` issued (it has been asked to). Callers
+    /// also check that no `SHUTDOWN_SESSION` was issued and the session is not closed.
+    fn winding_free(&self) -> bool {
+        self.tool_speeches.is_empty()
+            && !self
+                .directives
+                .iter()
+                .any(|d| matches!(d.directive, Directive::WindUp { .. }))
+    }
+
+    /// Whether another `REMIND` may be issued ([`MAX_REMINDS_PER_SESSION`]).
+    fn may_remind(&self) -> bool {
+        self.directives
+            .iter()
+            .filter(|d| matches!(d.directive, Directive::Remind { .. }))
+            .count()
+            < MAX_REMINDS_PER_SESSION
+    }
+
+    /// The staged time limits: each warning whose time has come, once, as `REMIND`. When
+    /// several came due at once (a late timer, a restart), only the last is issued; none when
+    /// the wind-up they lead to is due too.
+    fn warnings_due(&mut self, now: Time) {
+        let Some(rare) = self.rare.as_deref() else {
+            return;
+        };
+        let Some((_, wind_up_at)) = rare.max_duration else {
+            return;
+        };
+        let due = rare
+            .warnings
+            .iter()
+            .take_while(|w| wind_up_at.minus(w.before) <= now)
+            .count();
+        let warned = usize::from(rare.warned);
+        if due <= warned {
+            return;
+        }
+        let instructions = rare.warnings[due - 1].instructions.clone();
+        let issue = wind_up_at > now && self.winding_free() && self.may_remind();
+        self.rare_mut().warned = u8::try_from(due).unwrap_or(u8::MAX);
+        if issue {
+            self.issue(
+                Directive::Remind {
+                    cause: ShutdownCause::MaxDuration,
+                    instructions,
+                },
+                now,
+            );
+        }
+    }
+
+    /// When the next warning is due, while warnings may still be issued.
+    fn next_warning(&self) -> Option<Time> {
+        let rare = self.rare()?;
+        let (_, wind_up_at) = rare.max_duration?;
+        let next = rare.warnings.get(usize::from(rare.warned))?;
+        self.winding_free().then(|| wind_up_at.minus(next.before))
+    }
+
+    /// The silence ladder: at the silence timeout `WIND_UP`, before it each reminder whose
+    /// slot has come, once. When several slots came due at once, only the last is issued;
+    /// none when the timeout is due too.
+    fn silence_due(&mut self, now: Time) {
+        let Some(timeout) = self.options.silence_timeout else {
+            return;
+        };
+        let free = self.winding_free();
+        let may_remind = self.may_remind();
+        let options = Arc::clone(&self.options);
+        let Some(silence) = self.silence.as_deref_mut() else {
+            return;
+        };
+        if silence.wound_up || !free {
+            return;
+        }
+        let timeout = micros(timeout);
+        let silent = silence.at(now);
+        if silent >= timeout {
+            silence.wound_up = true;
+            // When it reached the timeout: the shutdown's grace runs from there.
+            silence.at = now.as_micros().saturating_sub(silent - timeout);
+            self.issue(
+                Directive::WindUp {
+                    cause: ShutdownCause::SilenceTimeout,
+                },
+                now,
+            );
+            return;
+        }
+        let after = micros(options.silence_reminder_after).max(1);
+        let due = (silent / after).min(u64::from(options.silence_reminders));
+        if due > u64::from(silence.reminded) {
+            silence.reminded = u8::try_from(due).unwrap_or(u8::MAX);
+            if may_remind {
+                self.issue(
+                    Directive::Remind {
+                        cause: ShutdownCause::SilenceTimeout,
+                        instructions: options.silence_reminder_instructions.clone(),
+                    },
+                    now,
+                );
+            }
+        }
+    }
+
+    /// When the silence next reaches a reminder's slot or the timeout, if it is growing and
+    /// the ladder may still act.
+    fn next_silence(&self) -> Option<Time> {
+        let timeout = micros(self.options.silence_timeout?);
+        let silence = self.silence.as_deref()?;
+        if silence.wound_up || silence.paused || !self.winding_free() {
+            return None;
+        }
+        let after = micros(self.options.silence_reminder_after).max(1);
+        let next = u64::from(silence.reminded) + 1;
+        let reminder = (next <= u64::from(self.options.silence_reminders) && self.may_remind())
+            .then(|| next.saturating_mul(after));
+        let slot = reminder.map_or(timeout, |r| r.min(timeout));
+        Some(Time::from_micros(silence.at.saturating_add(slot)))
     }
 
     /// When the sidecar would tear the call down, and why: the worker-lost window of an
@@ -735,7 +972,18 @@ impl Session {
                 ShutdownCause::MaxDuration,
             )
         });
-        goodbyes.chain(waits).chain(max_duration)
+        // Nothing about silence once end_call was called.
+        let silence = self
+            .silence
+            .as_deref()
+            .filter(|s| s.wound_up && self.tool_speeches.is_empty())
+            .map(|s| {
+                (
+                    Time::from_micros(s.at) + timing.wind_up_grace,
+                    ShutdownCause::SilenceTimeout,
+                )
+            });
+        goodbyes.chain(waits).chain(max_duration).chain(silence)
     }
 
     fn shut_down(&mut self, cause: ShutdownCause, now: Time) {
@@ -744,7 +992,7 @@ impl Session {
             return;
         }
         self.shutdown_cause = Some(cause);
-        self.shutdown_at = now;
+        self.rare_mut().shutdown_at = now;
         self.waiters.clear();
         self.issue(Directive::ShutdownSession { cause }, now);
     }
@@ -759,9 +1007,16 @@ impl Session {
         self.push_timeline(now, TimelineItem::Directive(seq));
     }
 
-    fn fix_options(&mut self, options: Option<Arc<Options>>) {
+    /// The first options a request brings are the session's from then on. Options that turn
+    /// the silence ladder on start it now, unless the defaults had it on from the start.
+    fn fix_options(&mut self, options: Option<Arc<Options>>, now: Time) {
         if let Some(options) = options {
             if !self.options_fixed {
+                match (options.silence_timeout, &self.silence) {
+                    (Some(_), None) => self.silence = Some(Box::new(Silence::from(now))),
+                    (None, Some(_)) => self.silence = None,
+                    _ => {}
+                }
                 self.options = options;
                 self.options_fixed = true;
             }
@@ -875,6 +1130,52 @@ impl Session {
         self.max_duration_at().map(|(max, _)| max)
     }
 
+    /// The warnings before the maximum duration, in time order.
+    pub fn warnings(&self) -> &[Warning] {
+        self.rare().map_or(&[], |rare| &rare.warnings)
+    }
+
+    /// Why the call ended, once the session is closed (`docs/contract.md`, ended reason).
+    pub fn ended_reason(&self) -> Option<EndedReason> {
+        let close_record = self.close_record()?;
+        if let Closer::Sidecar(TeardownCause::WorkerLost) = close_record.closer {
+            return Some(EndedReason::WorkerLost);
+        }
+        let agent = || {
+            if self
+                .directives
+                .iter()
+                .any(|d| matches!(d.directive, Directive::WindUp { .. }))
+            {
+                EndedReason::AgentWindUp
+            } else {
+                EndedReason::AgentEndCall
+            }
+        };
+        if let Some(cause) = self.shutdown_cause {
+            return Some(match cause {
+                ShutdownCause::MaxDuration => EndedReason::MaxDuration,
+                ShutdownCause::SilenceTimeout => EndedReason::SilenceTimeout,
+                ShutdownCause::ToolTurnDone
+                | ShutdownCause::ReplyPlayedOut
+                | ShutdownCause::ReplyTimeout
+                | ShutdownCause::PlayoutGuard => agent(),
+            });
+        }
+        Some(match close_record.closer {
+            Closer::Worker(CloseReason::Error) => EndedReason::Error,
+            Closer::Worker(_) if !self.tool_speeches.is_empty() => agent(),
+            Closer::Worker(CloseReason::ParticipantDisconnected) => EndedReason::UserHangup,
+            Closer::Worker(CloseReason::JobShutdown) => EndedReason::JobShutdown,
+            Closer::Worker(CloseReason::UserInitiated | CloseReason::TaskCompleted) => {
+                EndedReason::AgentClosed
+            }
+            Closer::Expired => EndedReason::Expired,
+            // A close deadline follows a SHUTDOWN_SESSION, whose cause decided above.
+            Closer::Sidecar(_) => EndedReason::WorkerLost,
+        })
+    }
+
     /// The maximum duration and when `WIND_UP` is due, if the session set one.
     fn max_duration_at(&self) -> Option<(Duration, Time)> {
         self.rare().and_then(|e| e.max_duration)
@@ -890,7 +1191,8 @@ impl Session {
 
     /// Why and when `SHUTDOWN_SESSION` was issued, if it was.
     fn shutdown(&self) -> Option<(ShutdownCause, Time)> {
-        self.shutdown_cause.map(|cause| (cause, self.shutdown_at))
+        let at = self.rare().map_or(Time::NEVER, |rare| rare.shutdown_at);
+        self.shutdown_cause.map(|cause| (cause, at))
     }
 
     pub fn shutdown_at(&self) -> Option<Time> {
@@ -971,6 +1273,16 @@ impl Session {
     pub fn timeline_dropped(&self) -> u32 {
         u32::from(self.timeline_dropped)
     }
+}
+
+/// Warnings in time order: the longest `before` (the earliest) first; equal ones as given.
+fn sorted(mut warnings: Vec<Warning>) -> Vec<Warning> {
+    warnings.sort_by_key(|w| std::cmp::Reverse(w.before));
+    warnings
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Makes room for one more element, starting at `first` and doubling from there. The

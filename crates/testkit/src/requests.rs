@@ -59,6 +59,20 @@ pub fn done(session: &str, speech: &str) -> pb::OnSpeechDoneRequest {
     }
 }
 
+pub fn user_speech(session: &str) -> pb::OnUserSpeechRequest {
+    pb::OnUserSpeechRequest {
+        session_id: session.into(),
+    }
+}
+
+/// A protobuf duration.
+pub fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
 pub fn close(session: &str, reason: pb::CloseReason) -> pb::OnSessionCloseRequest {
     pb::OnSessionCloseRequest {
         session_id: session.into(),
@@ -74,13 +88,16 @@ pub fn watch(session: &str, after_seq: u64) -> pb::WatchSessionRequest {
     }
 }
 
-/// A directive's kind and, for SHUTDOWN_SESSION and SHUTDOWN_JOB, its cause or reason.
+/// A directive's kind and its cause, reason or instructions.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Kind {
     Shutdown(ShutdownCause),
     DeleteRoom,
     ShutdownJob(String),
-    WindUp,
+    /// The limit it leads up to.
+    WindUp(ShutdownCause),
+    /// The limit it leads up to, and its instructions.
+    Remind(ShutdownCause, String),
 }
 
 pub fn kind(d: &Directive) -> Kind {
@@ -88,7 +105,8 @@ pub fn kind(d: &Directive) -> Kind {
         DirectiveKind::ShutdownSession => Kind::Shutdown(d.cause()),
         DirectiveKind::DeleteRoom => Kind::DeleteRoom,
         DirectiveKind::ShutdownJob => Kind::ShutdownJob(d.reason.clone()),
-        DirectiveKind::WindUp => Kind::WindUp,
+        DirectiveKind::WindUp => Kind::WindUp(d.cause()),
+        DirectiveKind::Remind => Kind::Remind(d.cause(), d.instructions.clone()),
         DirectiveKind::Unspecified => panic!("unspecified directive kind: {d:?}"),
     }
 }

@@ -8,9 +8,10 @@
 
 use std::{sync::Arc, time::Duration};
 
+use arcstr::ArcStr;
 use endcall_core::domain::{
     Capabilities, CloseReason, Event, Options, RoomName, SessionId, SpeechId, TeardownDone,
-    TeardownResult, Time,
+    TeardownResult, Time, Warning,
 };
 
 use super::segment::Magic;
@@ -38,7 +39,7 @@ pub struct Record {
     pub created: Option<Created>,
     #[prost(
         oneof = "Input",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22"
     )]
     pub input: Option<Input>,
 }
@@ -84,6 +85,9 @@ pub enum Input {
     /// LiveKit answered the sidecar's teardown of the call.
     #[prost(message, tag = "21")]
     TeardownFinished(TeardownFinished),
+    /// The user spoke.
+    #[prost(message, tag = "22")]
+    UserSpeech(Empty),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -114,6 +118,24 @@ pub struct StoredOptions {
     pub reply_timeout_micros: u64,
     #[prost(bool, tag = "6")]
     pub early_reply_capture: bool,
+    /// The silence ladder's options. Optional on the wire: a record written before they
+    /// existed has none, and loads with the ladder off and the built-in defaults.
+    #[prost(uint64, optional, tag = "7")]
+    pub silence_timeout_micros: Option<u64>,
+    #[prost(uint64, optional, tag = "8")]
+    pub silence_reminder_after_micros: Option<u64>,
+    #[prost(uint32, optional, tag = "9")]
+    pub silence_reminders: Option<u32>,
+    #[prost(string, optional, tag = "10")]
+    pub silence_reminder_instructions: Option<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StoredWarning {
+    #[prost(uint64, tag = "1")]
+    pub before_micros: u64,
+    #[prost(string, tag = "2")]
+    pub instructions: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -132,6 +154,8 @@ pub struct Open {
     pub max_duration_micros: Option<u64>,
     #[prost(string, optional, tag = "3")]
     pub room: Option<String>,
+    #[prost(message, repeated, tag = "4")]
+    pub warnings: Vec<StoredWarning>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -232,6 +256,14 @@ impl Record {
                 options: open.options.as_ref().map(load_options),
                 max_duration: open.max_duration_micros.map(Duration::from_micros),
                 room: open.room.as_deref().map(RoomName::new),
+                warnings: open
+                    .warnings
+                    .iter()
+                    .map(|w| Warning {
+                        before: Duration::from_micros(w.before_micros),
+                        instructions: ArcStr::from(w.instructions.as_str()),
+                    })
+                    .collect(),
             }),
             Input::EndCall(end_call) => MachineInput::Event(Event::EndCall {
                 speech: SpeechId::new(&end_call.speech),
@@ -260,6 +292,7 @@ impl Record {
             Input::StreamOpened(_) => MachineInput::StreamOpened,
             Input::StreamClosed(_) => MachineInput::StreamClosed,
             Input::Restarted(_) => MachineInput::Restarted,
+            Input::UserSpeech(_) => MachineInput::Event(Event::UserSpeech),
             Input::TeardownFinished(done) => MachineInput::TeardownFinished(TeardownDone {
                 result: TeardownResult::ALL
                     .into_iter()
@@ -278,10 +311,18 @@ fn store_input(input: &MachineInput) -> Input {
             options,
             max_duration,
             room,
+            warnings,
         }) => Input::Open(Open {
             options: options.as_deref().map(store_options),
             max_duration_micros: max_duration.map(micros),
             room: room.as_ref().map(|room| room.as_str().to_owned()),
+            warnings: warnings
+                .iter()
+                .map(|w| StoredWarning {
+                    before_micros: micros(w.before),
+                    instructions: w.instructions.to_string(),
+                })
+                .collect(),
         }),
         MachineInput::Event(Event::EndCall {
             speech,
@@ -310,6 +351,7 @@ fn store_input(input: &MachineInput) -> Input {
             reason: reason.as_str().to_owned(),
             error: error.clone(),
         }),
+        MachineInput::Event(Event::UserSpeech) => Input::UserSpeech(Empty {}),
         MachineInput::Tick => Input::Tick(Empty {}),
         MachineInput::Expire => Input::Expire(Empty {}),
         MachineInput::Dropped => Input::Dropped(Empty {}),
@@ -336,10 +378,15 @@ pub(crate) fn store_options(options: &Options) -> StoredOptions {
         ignore_on_enter: options.ignore_on_enter,
         reply_timeout_micros: micros(options.reply_timeout),
         early_reply_capture: options.early_reply_capture,
+        silence_timeout_micros: options.silence_timeout.map(micros),
+        silence_reminder_after_micros: Some(micros(options.silence_reminder_after)),
+        silence_reminders: Some(u32::from(options.silence_reminders)),
+        silence_reminder_instructions: Some(options.silence_reminder_instructions.to_string()),
     }
 }
 
 pub(crate) fn load_options(stored: &StoredOptions) -> Arc<Options> {
+    let builtin = Options::default();
     Arc::new(Options {
         delete_room: stored.delete_room,
         end_instructions: stored.end_instructions.as_deref().map(Arc::from),
@@ -347,6 +394,19 @@ pub(crate) fn load_options(stored: &StoredOptions) -> Arc<Options> {
         ignore_on_enter: stored.ignore_on_enter,
         reply_timeout: Duration::from_micros(stored.reply_timeout_micros),
         early_reply_capture: stored.early_reply_capture,
+        silence_timeout: stored.silence_timeout_micros.map(Duration::from_micros),
+        silence_reminder_after: stored
+            .silence_reminder_after_micros
+            .map_or(builtin.silence_reminder_after, Duration::from_micros),
+        silence_reminders: stored
+            .silence_reminders
+            .map_or(builtin.silence_reminders, |n| {
+                u8::try_from(n).unwrap_or(u8::MAX)
+            }),
+        silence_reminder_instructions: stored
+            .silence_reminder_instructions
+            .as_deref()
+            .map_or(builtin.silence_reminder_instructions, ArcStr::from),
     })
 }
 
@@ -389,6 +449,20 @@ mod tests {
         );
     }
 
+    /// A record written before the silence ladder existed loads with it off and the
+    /// built-in defaults, so its session's options compare equal to a request's that leaves
+    /// them unset.
+    #[test]
+    fn options_stored_before_the_silence_ladder_load_with_it_off() {
+        let mut stored = store_options(&Options::default());
+        stored.silence_timeout_micros = None;
+        stored.silence_reminder_after_micros = None;
+        stored.silence_reminders = None;
+        stored.silence_reminder_instructions = None;
+        let old = StoredOptions::decode(stored.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(load_options(&old), Arc::new(Options::default()));
+    }
+
     #[test]
     fn every_input_survives_a_round_trip() {
         let options = Arc::new(Options {
@@ -398,6 +472,10 @@ mod tests {
             ignore_on_enter: true,
             reply_timeout: Duration::from_millis(1234),
             early_reply_capture: true,
+            silence_timeout: Some(Duration::from_secs(30)),
+            silence_reminder_after: Duration::from_millis(7500),
+            silence_reminders: 3,
+            silence_reminder_instructions: ArcStr::from("hello?"),
         });
         let capabilities = Capabilities {
             realtime: Some(true),
@@ -408,12 +486,18 @@ mod tests {
                 options: Some(options.clone()),
                 max_duration: Some(Duration::from_secs(60)),
                 room: Some(RoomName::new("room-9")),
+                warnings: vec![Warning {
+                    before: Duration::from_secs(15),
+                    instructions: ArcStr::from("fifteen seconds left"),
+                }],
             }),
             MachineInput::Event(Event::Open {
                 options: None,
                 max_duration: None,
                 room: None,
+                warnings: Vec::new(),
             }),
+            MachineInput::Event(Event::UserSpeech),
             MachineInput::Event(Event::EndCall {
                 speech: SpeechId::new("S"),
                 options: Some(options),

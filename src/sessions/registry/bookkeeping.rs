@@ -83,7 +83,7 @@ impl Registry {
         if closed_now {
             self.live.fetch_sub(1, Ordering::Relaxed);
             if let Some(outcome) = session.outcome() {
-                metrics::session_ended(outcome, session.close_reason());
+                metrics::session_ended(outcome, session.close_reason(), session.ended_reason());
             }
         }
         if let (false, Some(teardown)) = (before.torn_down, session.teardown()) {

@@ -304,6 +304,7 @@ async fn a_teardown_is_handed_out_once_and_the_session_waits_for_its_result() {
         options: None,
         max_duration: None,
         room: Some(RoomName::new("room-1")),
+        warnings: Vec::new(),
     };
     registry.apply("s", open).unwrap();
     registry.poll_watch("s", 0, 10, true).unwrap();

@@ -52,6 +52,7 @@ async fn json_logs_carry_one_end_of_call_report_per_session() {
     );
     assert_eq!(infos.last(), Some(&"stopped"), "{logs}");
     assert_eq!(reports[0]["outcome"], "tool_turn_done");
+    assert_eq!(reports[0]["ended_reason"], "agent_end_call");
     assert_eq!(reports[0]["close_reason"], "user_initiated");
     let report: serde_json::Value =
         serde_json::from_str(reports[0]["report"].as_str().unwrap()).unwrap();

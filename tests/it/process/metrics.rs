@@ -73,6 +73,15 @@ async fn metrics_endpoint_reports_rpcs_sessions_directives_and_watchers() {
         Some(0.0),
         "{body}"
     );
+    assert_eq!(
+        sample(
+            &body,
+            "endcall_sessions_ended_by_reason_total",
+            &[("ended_reason", "silence_timeout")]
+        ),
+        Some(0.0),
+        "{body}"
+    );
 
     let channel = probe::connect(&sidecar.addr, PATIENCE).await.unwrap();
     let mut c = EndCallServiceClient::new(channel.clone());
@@ -88,6 +97,7 @@ async fn metrics_endpoint_reports_rpcs_sessions_directives_and_watchers() {
     c.end_call(realtime_end_call("m-rt", "S")).await.unwrap();
     c.on_speech_done(done("m-rt", "S")).await.unwrap();
     next(&mut timeout_stream).await;
+    c.on_user_speech(user_speech("m-none")).await.unwrap();
     for id in ["m-pipe", "m-rt", "m-none"] {
         c.on_session_close(close(id, CloseReason::UserInitiated))
             .await
@@ -158,6 +168,21 @@ async fn metrics_endpoint_reports_rpcs_sessions_directives_and_watchers() {
         "endcall_sessions_closed_total",
         &[("reason", "user_initiated")],
         3.0,
+    );
+    expect(
+        "endcall_sessions_ended_by_reason_total",
+        &[("ended_reason", "agent_end_call")],
+        2.0,
+    );
+    expect(
+        "endcall_sessions_ended_by_reason_total",
+        &[("ended_reason", "agent_closed")],
+        1.0,
+    );
+    expect(
+        "endcall_rpc_requests_total",
+        &[("method", "OnUserSpeech"), ("code", "OK")],
+        1.0,
     );
     expect(
         "endcall_directives_total",

@@ -1,7 +1,7 @@
 // A drop-in for `beta.createEndCallTool` of `@livekit/agents` (1.9.x) whose decisions are made by
 // endcall-sidecar. The tool reports what happens to the session (end_call called, speeches
-// created and done, the close) and carries out the directives the sidecar answers with, each
-// exactly once. If the sidecar cannot be reached it logs an error and ends the call in-process.
+// created and done, the close, and once attached the user's final transcripts) and carries out
+// the directives the sidecar answers with, each exactly once. If the sidecar cannot be reached it logs an error and ends the call in-process.
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -60,6 +60,20 @@ export interface SidecarEndCallToolOptions<UserData = unknown> {
   /** Sidecar extension, off by default: take a reply created while the tool's turn plays as the tool reply. */
   earlyReplyCapture?: boolean;
   /**
+   * Sidecar extension (the silence ladder, proto `silence_timeout`), for attached sessions: after
+   * this much of the user's silence the agent is asked to say goodbye (`WIND_UP`), and the session
+   * is ended after the sidecar's grace period. Silence counts from the user's last final
+   * transcript and pauses while the agent speaks. `0` or `null` turns it off. Unset: the sidecar's
+   * default (off unless its `--silence-timeout`).
+   */
+  silenceTimeoutMs?: number | null;
+  /** Silence before each reminder (`silence_reminder_after`): reminder i at i times this. Unset: the sidecar's default (10 s). */
+  silenceReminderAfterMs?: number;
+  /** Reminders per silence (`silence_reminders`). Unset: the sidecar's default (1). */
+  silenceReminders?: number;
+  /** The instructions of each reminder's reply (`silence_reminder_instructions`). Unset: the sidecar's default. */
+  silenceReminderInstructions?: string;
+  /**
    * The sidecar session id of an agent session. Called with the `RunContext` of the session's
    * first end_call, or with `{ session }` when the session is attached. Default: the job id (if
    * any) and a random suffix.
@@ -88,6 +102,12 @@ export interface AttachOptions {
    * goodbye, and the session is ended after the sidecar's grace period. Unset: no limit.
    */
   maxDurationMs?: number;
+  /**
+   * With `maxDurationMs`: warnings before the limit, each issued once as `REMIND` with its
+   * instructions, `beforeMs` before it (for example one minute before: "Tell the caller there is
+   * one minute left.").
+   */
+  maxDurationWarnings?: readonly { beforeMs: number; instructions: string }[];
 }
 
 export type SidecarEndCallToolset = llm.Toolset & {
@@ -96,10 +116,12 @@ export type SidecarEndCallToolset = llm.Toolset & {
   /**
    * Starts following an agent session at its start (recommended: before or right after
    * `session.start(...)`). Opens the sidecar session with the tool's options and the room, and
-   * holds the `WatchSession` stream from then on; speeches are reported from then on. The stream
-   * is the worker's lease: a sidecar configured for it hangs the call up itself when the worker
-   * is lost or never closes the session. Without it the tool follows a session from its first
-   * end_call. Returns the sidecar session id; attaching a session again changes nothing.
+   * holds the `WatchSession` stream from then on; speeches and the user's final transcripts are
+   * reported from then on. The stream is the worker's lease: a sidecar configured for it hangs
+   * the call up itself when the worker is lost or never closes the session; the directives of
+   * the sidecar's timers (the silence ladder's and the maximum duration's) come on it. Without
+   * it the tool follows a session from its first end_call. Returns the sidecar session id;
+   * attaching a session again changes nothing.
    */
   attach(session: AnySession, options?: AttachOptions): string;
   /** Fetches the tool definition from the sidecar (once; later calls share the answer). */
@@ -188,6 +210,8 @@ class Binding {
   readonly endCalls = new Map<string, EndCallSpeech>();
   readonly watched = new Set<string>();
   closed = false;
+  /** Reporting the user's final transcripts (from the attach on). */
+  listening = false;
   /** Attached: OpenSession sent and the stream held. */
   opened = false;
   closeReason: string | undefined;
@@ -227,7 +251,7 @@ class Binding {
   // ---- reporting ----------------------------------------------------------------------------
 
   /** Opens the sidecar session (with the room) and holds the watch stream from now on. */
-  open(options: SessionOptions, room: string | undefined, maxDurationMs: number | undefined): void {
+  open(options: SessionOptions, room: string | undefined, attach: AttachOptions): void {
     if (this.opened || this.mode !== 'sidecar' || this.closed) return;
     this.opened = true;
     this.sidecar.watch();
@@ -235,7 +259,11 @@ class Binding {
       .open({
         options,
         ...(room ? { room } : {}),
-        ...(maxDurationMs === undefined ? {} : { maxDuration: durationFromMs(maxDurationMs) }),
+        ...(attach.maxDurationMs === undefined ? {} : { maxDuration: durationFromMs(attach.maxDurationMs) }),
+        maxDurationWarnings: (attach.maxDurationWarnings ?? []).map((w) => ({
+          before: durationFromMs(w.beforeMs),
+          instructions: w.instructions,
+        })),
       })
       .catch((err) => this.fail(err, 'OpenSession failed'));
   }
@@ -252,6 +280,21 @@ class Binding {
     this.watched.add(handle.id);
     handle.addDoneCallback((h) => this.onSpeechDone(h));
   }
+
+  /**
+   * Reports the user's speech from now on: each final transcript with words (never mere voice
+   * activity, so noise cannot keep a call alive) starts the sidecar's silence again.
+   */
+  listenToUser(): void {
+    if (this.listening || this.closed) return;
+    this.listening = true;
+    this.session.on(voice.AgentSessionEventTypes.UserInputTranscribed, this.onUserInputTranscribed);
+  }
+
+  readonly onUserInputTranscribed = (ev: voice.UserInputTranscribedEvent): void => {
+    if (this.closed || this.mode !== 'sidecar' || !ev.isFinal || ev.transcript.trim() === '') return;
+    this.sidecar.userSpeech().catch((err) => this.fail(err, 'OnUserSpeech failed'));
+  };
 
   readonly onSpeechCreated = (ev: voice.SpeechCreatedEvent): void => {
     if (this.closed) return;
@@ -281,6 +324,9 @@ class Binding {
     this.closed = true;
     this.closeReason = String(ev.reason);
     this.session.off(voice.AgentSessionEventTypes.SpeechCreated, this.onSpeechCreated);
+    if (this.listening) {
+      this.session.off(voice.AgentSessionEventTypes.UserInputTranscribed, this.onUserInputTranscribed);
+    }
     if (this.mode === 'local') {
       this.closeLocally();
       return;
@@ -331,6 +377,12 @@ class Binding {
       }
       case 'DIRECTIVE_KIND_WIND_UP':
         if (!this.closed) this.session.generateReply({ instructions: d.instructions || undefined });
+        break;
+      case 'DIRECTIVE_KIND_REMIND':
+        // A silence reminder or a time-limit warning. One issued before an end_call and carried
+        // out after it is dropped: the agent is already saying goodbye.
+        if (this.closed || this.endCalls.size > 0) break;
+        this.session.generateReply({ instructions: d.instructions || undefined });
         break;
       default:
         this.logger.warn({ sessionId: this.sessionId, kind: d.kind }, 'endcall: unknown directive ignored');
@@ -438,6 +490,12 @@ function optionsForSidecar(opts: SidecarEndCallToolOptions<never>): SessionOptio
     ignoreOnEnter: opts.ignoreOnEnter,
     replyTimeout: opts.replyTimeoutMs === undefined ? undefined : durationFromMs(opts.replyTimeoutMs),
     earlyReplyCapture: opts.earlyReplyCapture,
+    // Zero is off, for the sidecar as for the option.
+    silenceTimeout: opts.silenceTimeoutMs === undefined ? undefined : durationFromMs(opts.silenceTimeoutMs ?? 0),
+    silenceReminderAfter:
+      opts.silenceReminderAfterMs === undefined ? undefined : durationFromMs(opts.silenceReminderAfterMs),
+    silenceReminders: opts.silenceReminders,
+    silenceReminderInstructions: opts.silenceReminderInstructions,
   };
 }
 
@@ -553,7 +611,8 @@ export function createSidecarEndCallTool<UserData = unknown>(
     sessionIdOf: (session: AnySession) => bindings.get(session)?.sessionId,
     attach: (session: AnySession, attachOptions: AttachOptions = {}) => {
       const binding = bindingFor({ session } as SessionRef<UserData>);
-      binding.open(sessionOptions, attachOptions.room || jobRoomName(binding.job()), attachOptions.maxDurationMs);
+      binding.open(sessionOptions, attachOptions.room || jobRoomName(binding.job()), attachOptions);
+      binding.listenToUser();
       return binding.sessionId;
     },
     close: () => {

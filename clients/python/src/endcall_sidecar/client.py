@@ -27,6 +27,7 @@ from .types import (
     SessionOptions,
     SessionReport,
     SessionState,
+    TimeLimitWarning,
     ToolDefinition,
 )
 
@@ -125,16 +126,21 @@ class EndCallClient:
         options: SessionOptions | None = None,
         *,
         max_duration: float | None = None,
+        max_duration_warnings: "list[TimeLimitWarning] | tuple[TimeLimitWarning, ...]" = (),
         room: str | None = None,
         timeout: float | None = None,
     ) -> OpenSessionResult:
         """Open a session before its first event. ``room`` is the LiveKit room the call runs
-        in: with it the sidecar can hang the call up itself when the worker is lost."""
+        in: with it the sidecar can hang the call up itself when the worker is lost.
+        ``max_duration_warnings`` (with ``max_duration``): reminders before the limit, each
+        issued once as a REMIND directive at its time."""
         req = pb.OpenSessionRequest(session_id=session_id)
         if options is not None:
             req.options.CopyFrom(options.to_proto())
         if max_duration is not None:
             req.max_duration.FromTimedelta(_dt.timedelta(seconds=max_duration))
+        for warning in max_duration_warnings:
+            req.max_duration_warnings.append(warning.to_proto())
         if room:
             req.room = room
         r = await self._unary("OpenSession", req, timeout)
@@ -180,6 +186,13 @@ class EndCallClient:
         if tool_output_given is not None:
             req.tool_output_given = tool_output_given
         return EventResult.from_proto(await self._unary("OnSpeechDone", req, timeout))
+
+    async def on_user_speech(
+        self, session_id: str, *, timeout: float | None = None
+    ) -> EventResult:
+        """The user spoke (a final transcript with words): the session's silence starts again."""
+        req = pb.OnUserSpeechRequest(session_id=session_id)
+        return EventResult.from_proto(await self._unary("OnUserSpeech", req, timeout))
 
     async def on_session_close(
         self,

@@ -1,8 +1,8 @@
 """``SidecarEndCallTool``: a drop-in replacement for LiveKit Agents' ``EndCallTool``.
 
 The tool reports what happens to the agent session to the sidecar (the tool call, the speeches
-created after it, the speeches done, the session close) and carries out the directives it gets
-back, each exactly once. If the sidecar cannot be reached it logs an error and ends the call
+created after it, the speeches done, the session close, and once attached the user's final
+transcripts) and carries out the directives it gets back, each exactly once. If the sidecar cannot be reached it logs an error and ends the call
 in-process the way LiveKit's own tool does, so no call is left hanging.
 """
 
@@ -20,7 +20,12 @@ from typing import Any
 from livekit.agents import llm
 from livekit.agents.job import get_job_context
 from livekit.agents.llm import RealtimeModel, ToolFlag, Toolset, function_tool
-from livekit.agents.voice.events import CloseEvent, RunContext, SpeechCreatedEvent
+from livekit.agents.voice.events import (
+    CloseEvent,
+    RunContext,
+    SpeechCreatedEvent,
+    UserInputTranscribedEvent,
+)
 
 from .client import DEFAULT_ADDRESS, EndCallClient
 from .engine import LocalDirective, LocalEngine
@@ -33,6 +38,7 @@ from .types import (
     DirectiveKind,
     ModelCapabilities,
     SessionOptions,
+    TimeLimitWarning,
     ToolDefinition,
     Unset,
 )
@@ -151,6 +157,8 @@ class _Binding:
         session.on("close", self._on_close)
         self._watcher_started = False
         self._watch_task: asyncio.Task | None = None
+        self._listening = False  # to the user's transcripts (once attached)
+        self.warnings: tuple[TimeLimitWarning, ...] = ()  # sent with the OpenSession
         self._sender = asyncio.create_task(self._send_loop(), name=f"endcall-send-{session_id}")
         self._sender.add_done_callback(lambda _: self._maybe_finish())
 
@@ -180,12 +188,26 @@ class _Binding:
                 given = ts.final_given
         self._enqueue("done", (handle.id, bool(handle.interrupted), caps, given))
 
+    def listen_to_user(self) -> None:
+        """Report the user's speech from now on: each final transcript with words (never mere
+        voice activity, so noise cannot keep a call alive) starts the sidecar's silence again."""
+        if not self._listening and not self.closed:
+            self._listening = True
+            self.session.on("user_input_transcribed", self._on_user_input_transcribed)
+
+    def _on_user_input_transcribed(self, ev: UserInputTranscribedEvent) -> None:
+        if self.closed or not ev.is_final or not ev.transcript.strip():
+            return
+        self._enqueue("user_speech", ())
+
     def _on_close(self, ev: CloseEvent) -> None:
         if self.closed:
             return
         self.closed = True
         self.session.off("speech_created", self._on_speech_created)
         self.session.off("close", self._on_close)
+        if self._listening:
+            self.session.off("user_input_transcribed", self._on_user_input_transcribed)
         err = str(ev.error) if getattr(ev, "error", None) is not None else None
         self._enqueue("close", (ev.reason, err))
 
@@ -204,8 +226,9 @@ class _Binding:
 
     def submit_open(self, max_duration: float | None, room: str | None) -> None:
         # The stream is held from the session's start: the sidecar takes it as the worker's
-        # lease (a session whose stream is gone too long has lost its worker), and WIND_UP
-        # comes from a timer, on the stream only.
+        # lease (a session whose stream is gone too long has lost its worker), and the
+        # directives of its timers (WIND_UP, REMIND and their SHUTDOWN_SESSION) come on the
+        # stream only.
         self._start_watcher()
         self._enqueue("open", (max_duration, room))
 
@@ -252,7 +275,11 @@ class _Binding:
             if not self.fallback:
                 try:
                     await client.open_session(
-                        sid, self.tool._options, max_duration=max_duration, room=room
+                        sid,
+                        self.tool._options,
+                        max_duration=max_duration,
+                        room=room,
+                        max_duration_warnings=self.warnings,
                     )
                 except SidecarError as e:
                     self._go_fallback(e, "OpenSession")
@@ -286,6 +313,8 @@ class _Binding:
             )
             assert fut is not None
             fut.set_result(output)
+        elif kind == "user_speech":
+            await self._rpc("OnUserSpeech", client.on_user_speech(sid))
         elif kind == "created":
             (speech_id,) = args
             self.engine.speech_created(speech_id)
@@ -355,6 +384,10 @@ class _Binding:
         while self._next_seq in self._buffer:
             d = self._buffer.pop(self._next_seq)
             self._next_seq += 1
+            if d.kind == DirectiveKind.REMIND and self._tool_speeches:
+                # Issued before the end_call, carried out after it: the agent is saying goodbye.
+                logger.info("endcall-sidecar: reminder %d dropped: the call is ending", d.seq)
+                continue
             self._execute(d.kind, reason=d.reason, instructions=d.instructions, seq=d.seq)
 
     def _on_local_directive(self, d: LocalDirective) -> None:
@@ -415,7 +448,11 @@ class _Binding:
                     return
                 self.actions.append(("job.shutdown", reason))
                 job_ctx.shutdown(reason=reason)
-            elif kind == DirectiveKind.WIND_UP:
+            elif kind in (DirectiveKind.WIND_UP, DirectiveKind.REMIND):
+                # WIND_UP asks for a goodbye; REMIND for a silence reminder or a time-limit
+                # warning. Either is a reply with the sidecar's instructions.
+                if self.closed:
+                    return
                 self.actions.append(("session.generate_reply", instructions))
                 self.session.generate_reply(instructions=instructions)
             else:
@@ -470,6 +507,16 @@ class SidecarEndCallTool(Toolset):
         on_tool_completed: awaited before the tool returns; may change ``ev.output``.
         reply_timeout: (realtime models) seconds to wait for the tool reply to be created.
         early_reply_capture: sidecar extension, see the README.
+        silence_timeout: sidecar extension (the silence ladder), for attached sessions:
+            seconds of the user's silence after which the agent is asked to say goodbye, and the
+            session is ended after the sidecar's grace period; ``None`` or 0 turns it off.
+            Silence counts from the user's last final transcript and pauses while the agent
+            speaks. Unset: the sidecar's default (off unless its ``--silence-timeout``).
+        silence_reminder_after: seconds of silence before each reminder (reminder i at i times
+            this). Unset: the sidecar's default (10 s).
+        silence_reminders: reminders per silence. Unset: the sidecar's default (1).
+        silence_reminder_instructions: the instructions of the reply each reminder asks for.
+            Unset: the sidecar's default.
         session_id: the sidecar session id: a string, or a function of the AgentSession.
             Default: the job id plus a random suffix.
         rpc_timeout: seconds each call to the sidecar may take before it counts as down.
@@ -490,6 +537,10 @@ class SidecarEndCallTool(Toolset):
         on_tool_completed: Callable[[Toolset.ToolCompletedEvent], Awaitable[None]] | None = None,
         reply_timeout: float | Unset = UNSET,
         early_reply_capture: bool | Unset = UNSET,
+        silence_timeout: float | None | Unset = UNSET,
+        silence_reminder_after: float | Unset = UNSET,
+        silence_reminders: int | Unset = UNSET,
+        silence_reminder_instructions: str | Unset = UNSET,
         session_id: str | Callable[[Any], str] | None = None,
         rpc_timeout: float = 2.0,
         watch_attempts: int = 6,
@@ -503,6 +554,10 @@ class SidecarEndCallTool(Toolset):
             ignore_on_enter=ignore_on_enter,
             reply_timeout=reply_timeout,
             early_reply_capture=early_reply_capture,
+            silence_timeout=silence_timeout,
+            silence_reminder_after=silence_reminder_after,
+            silence_reminders=silence_reminders,
+            silence_reminder_instructions=silence_reminder_instructions,
         )
         self._on_tool_called = on_tool_called
         self._on_tool_completed = on_tool_completed
@@ -599,7 +654,12 @@ class SidecarEndCallTool(Toolset):
         return f"{job.job.id}-{suffix}" if job is not None else f"session-{uuid.uuid4().hex}"
 
     def attach(
-        self, session: Any, *, max_duration: float | None = None, room: str | None = None
+        self,
+        session: Any,
+        *,
+        max_duration: float | None = None,
+        room: str | None = None,
+        max_duration_warnings: "list[TimeLimitWarning | tuple[float, str]]" = (),  # type: ignore[assignment]
     ) -> str:
         """Start following ``session`` at its start (recommended: before or right after
         ``session.start(...)``, inside the job).
@@ -612,11 +672,20 @@ class SidecarEndCallTool(Toolset):
         never closes the session. The sidecar also reports a close without any end_call, and
         with ``max_duration`` (seconds) winds the call up when it lasts too long (the agent is
         asked to say goodbye, then the session is ended after the sidecar's grace period).
+        ``max_duration_warnings`` (with ``max_duration``) are reminders before the limit:
+        ``TimeLimitWarning(before=60, instructions="Tell the caller there is one minute left.")``
+        or the pair ``(60, "...")``. From the attach on, the user's final transcripts are
+        reported (``OnUserSpeech``), for the silence ladder (``silence_timeout``).
 
         ``room`` defaults to the current job's room name (``get_job_context()``); a session
         outside a job, with no ``room``, is opened without one. Returns the sidecar session id.
         """
         b = self._binding(session)
+        b.warnings = tuple(
+            w if isinstance(w, TimeLimitWarning) else TimeLimitWarning(float(w[0]), str(w[1]))
+            for w in max_duration_warnings
+        )
+        b.listen_to_user()
         b.submit_open(max_duration, room if room else _job_room_name(b.job_ctx))
         return b.session_id
 

@@ -21,6 +21,8 @@ __all__ = [
     "ShutdownCause",
     "SessionState",
     "Outcome",
+    "EndedReason",
+    "TimeLimitWarning",
     "Directive",
     "EventResult",
     "EndCallResult",
@@ -83,6 +85,7 @@ class DirectiveKind(enum.IntEnum):
     DELETE_ROOM = pb.DIRECTIVE_KIND_DELETE_ROOM
     SHUTDOWN_JOB = pb.DIRECTIVE_KIND_SHUTDOWN_JOB
     WIND_UP = pb.DIRECTIVE_KIND_WIND_UP
+    REMIND = pb.DIRECTIVE_KIND_REMIND
 
 
 class ShutdownCause(enum.IntEnum):
@@ -92,6 +95,7 @@ class ShutdownCause(enum.IntEnum):
     REPLY_TIMEOUT = pb.SHUTDOWN_CAUSE_REPLY_TIMEOUT
     PLAYOUT_GUARD = pb.SHUTDOWN_CAUSE_PLAYOUT_GUARD
     MAX_DURATION = pb.SHUTDOWN_CAUSE_MAX_DURATION
+    SILENCE_TIMEOUT = pb.SHUTDOWN_CAUSE_SILENCE_TIMEOUT
 
 
 class SessionState(enum.IntEnum):
@@ -115,6 +119,23 @@ class Outcome(enum.IntEnum):
     CLOSED_WITHOUT_END_CALL = pb.OUTCOME_CLOSED_WITHOUT_END_CALL
     EXPIRED = pb.OUTCOME_EXPIRED
     WORKER_LOST = pb.OUTCOME_WORKER_LOST
+    SILENCE_TIMEOUT = pb.OUTCOME_SILENCE_TIMEOUT
+
+
+class EndedReason(enum.IntEnum):
+    """Why a call ended, in one value a dashboard groups by (docs/contract.md, ended reason)."""
+
+    UNSPECIFIED = pb.ENDED_REASON_UNSPECIFIED
+    AGENT_END_CALL = pb.ENDED_REASON_AGENT_END_CALL
+    AGENT_WIND_UP = pb.ENDED_REASON_AGENT_WIND_UP
+    AGENT_CLOSED = pb.ENDED_REASON_AGENT_CLOSED
+    USER_HANGUP = pb.ENDED_REASON_USER_HANGUP
+    SILENCE_TIMEOUT = pb.ENDED_REASON_SILENCE_TIMEOUT
+    MAX_DURATION = pb.ENDED_REASON_MAX_DURATION
+    ERROR = pb.ENDED_REASON_ERROR
+    JOB_SHUTDOWN = pb.ENDED_REASON_JOB_SHUTDOWN
+    EXPIRED = pb.ENDED_REASON_EXPIRED
+    WORKER_LOST = pb.ENDED_REASON_WORKER_LOST
 
 
 class TeardownCause(enum.IntEnum):
@@ -183,8 +204,8 @@ class Directive:
 
 @dataclass(frozen=True)
 class EventResult:
-    """The reply to OnSpeechCreated, OnSpeechDone or OnSessionClose (each RPC has its own
-    message in the proto; the three have these fields)."""
+    """The reply to OnSpeechCreated, OnSpeechDone, OnUserSpeech or OnSessionClose (each RPC
+    has its own message in the proto; OnUserSpeech's has no ``duplicate``, which reads False)."""
 
     directives: tuple[Directive, ...]
     state: SessionState
@@ -192,13 +213,37 @@ class EventResult:
 
     @classmethod
     def from_proto(
-        cls, m: pb.OnSpeechCreatedResponse | pb.OnSpeechDoneResponse | pb.OnSessionCloseResponse
+        cls,
+        m: (
+            pb.OnSpeechCreatedResponse
+            | pb.OnSpeechDoneResponse
+            | pb.OnUserSpeechResponse
+            | pb.OnSessionCloseResponse
+        ),
     ) -> "EventResult":
         return cls(
             directives=tuple(Directive.from_proto(d) for d in m.directives),
             state=_enum(SessionState, m.state),
-            duplicate=m.duplicate,
+            duplicate=bool(getattr(m, "duplicate", False)),
         )
+
+
+@dataclass(frozen=True)
+class TimeLimitWarning:
+    """A warning before the call's maximum duration: ``before`` seconds before it, the agent
+    is reminded with ``instructions`` (a REMIND directive)."""
+
+    before: float
+    instructions: str
+
+    def to_proto(self) -> pb.TimeLimitWarning:
+        m = pb.TimeLimitWarning(instructions=self.instructions)
+        m.before.FromTimedelta(_dt.timedelta(seconds=float(self.before)))
+        return m
+
+    @classmethod
+    def from_proto(cls, m: pb.TimeLimitWarning) -> "TimeLimitWarning":
+        return cls(before=_dur(m.before) or 0.0, instructions=m.instructions)
 
 
 @dataclass(frozen=True)
@@ -231,6 +276,13 @@ class SessionOptions:
     reply_timeout: float | Unset = UNSET
     """Seconds."""
     early_reply_capture: bool | Unset = UNSET
+    silence_timeout: float | None | Unset = UNSET
+    """Seconds of the user's silence before the call is wound up; ``None`` (or 0) turns the
+    silence ladder off."""
+    silence_reminder_after: float | Unset = UNSET
+    """Seconds: reminder i comes at i times this much silence."""
+    silence_reminders: int | Unset = UNSET
+    silence_reminder_instructions: str | Unset = UNSET
 
     def to_proto(self) -> pb.SessionOptions:
         m = pb.SessionOptions()
@@ -248,6 +300,16 @@ class SessionOptions:
             m.reply_timeout.FromTimedelta(_dt.timedelta(seconds=float(self.reply_timeout)))
         if self.early_reply_capture is not UNSET:
             m.early_reply_capture = bool(self.early_reply_capture)
+        if self.silence_timeout is not UNSET:
+            seconds = float(self.silence_timeout or 0)
+            m.silence_timeout.FromTimedelta(_dt.timedelta(seconds=seconds))
+        if self.silence_reminder_after is not UNSET:
+            seconds = float(self.silence_reminder_after)
+            m.silence_reminder_after.FromTimedelta(_dt.timedelta(seconds=seconds))
+        if self.silence_reminders is not UNSET:
+            m.silence_reminders = int(self.silence_reminders)
+        if self.silence_reminder_instructions is not UNSET:
+            m.silence_reminder_instructions = self.silence_reminder_instructions
         return m
 
 
@@ -293,6 +355,13 @@ class ResolvedOptions:
     reply_timeout: float
     early_reply_capture: bool
     max_duration: float | None
+    silence_timeout: float | None = None
+    """``None``: the silence ladder is off."""
+    silence_reminder_after: float = 0.0
+    silence_reminders: int = 0
+    silence_reminder_instructions: str = ""
+    max_duration_warnings: tuple[TimeLimitWarning, ...] = ()
+    """In time order."""
 
     @classmethod
     def from_proto(cls, m: pb.ResolvedOptions) -> "ResolvedOptions":
@@ -304,6 +373,13 @@ class ResolvedOptions:
             reply_timeout=_dur(m.reply_timeout) or 0.0,
             early_reply_capture=m.early_reply_capture,
             max_duration=_dur(m.max_duration, m.HasField("max_duration")),
+            silence_timeout=_dur(m.silence_timeout, m.HasField("silence_timeout")),
+            silence_reminder_after=_dur(m.silence_reminder_after) or 0.0,
+            silence_reminders=m.silence_reminders,
+            silence_reminder_instructions=m.silence_reminder_instructions,
+            max_duration_warnings=tuple(
+                TimeLimitWarning.from_proto(w) for w in m.max_duration_warnings
+            ),
         )
 
 
@@ -340,6 +416,8 @@ class SessionReport:
     attended: bool = False
     teardown: "Teardown | None" = None
     raw: pb.SessionReport = field(default_factory=pb.SessionReport, repr=False, compare=False)
+    ended_reason: EndedReason = EndedReason.UNSPECIFIED
+    """Why the call ended; UNSPECIFIED until the session is closed."""
 
     @classmethod
     def from_proto(cls, m: pb.SessionReport) -> "SessionReport":
@@ -372,6 +450,7 @@ class SessionReport:
             attended=m.attended,
             teardown=Teardown.from_proto(m.teardown) if m.HasField("teardown") else None,
             raw=m,
+            ended_reason=_enum(EndedReason, m.ended_reason),
         )
 
 

@@ -4,8 +4,8 @@
 
 use super::*;
 use crate::domain::{
-    Capabilities, CloseReason, Directive, Event, Options, RoomName, SessionId, ShutdownCause,
-    State, TeardownCause, TeardownDone, TeardownOrder, TeardownResult,
+    Capabilities, CloseReason, Directive, EndedReason, Event, Options, RoomName, SessionId,
+    ShutdownCause, State, TeardownCause, TeardownDone, TeardownOrder, TeardownResult, Warning,
 };
 
 const TIMING: Timing = Timing {
@@ -100,11 +100,15 @@ fn tick(s: &mut Session, now: Time) -> Vec<Directive> {
 }
 
 fn kinds(directives: &[IssuedDirective]) -> Vec<Directive> {
-    directives.iter().map(|d| d.directive).collect()
+    directives.iter().map(|d| d.directive.clone()).collect()
 }
 
 fn shutdown(cause: ShutdownCause) -> Directive {
     Directive::ShutdownSession { cause }
+}
+
+fn wind_up(cause: ShutdownCause) -> Directive {
+    Directive::WindUp { cause }
 }
 
 /// A realtime session that reached AWAITING_REPLY at t(2000).
@@ -753,6 +757,7 @@ fn open(max: Option<Duration>) -> Event {
         options: None,
         max_duration: max,
         room: None,
+        warnings: Vec::new(),
     }
 }
 
@@ -761,7 +766,10 @@ fn max_duration_winds_up_then_shuts_down_after_the_grace() {
     let mut s = new_session();
     apply(&mut s, open(Some(Duration::from_secs(60))), t(0));
     assert_eq!(s.next_deadline(&TIMING), Some(t(60_000)));
-    assert_eq!(tick(&mut s, t(60_000)), [Directive::WindUp]);
+    assert_eq!(
+        tick(&mut s, t(60_000)),
+        [wind_up(ShutdownCause::MaxDuration)]
+    );
     assert_eq!(s.next_deadline(&TIMING), Some(t(70_000)));
     assert!(tick(&mut s, t(69_999)).is_empty());
     assert_eq!(
@@ -899,6 +907,7 @@ fn open_in(room: &str) -> Event {
         options: None,
         max_duration: None,
         room: Some(RoomName::new(room)),
+        warnings: Vec::new(),
     }
 }
 
@@ -1107,6 +1116,7 @@ fn teardown_with_delete_room_off_keeps_the_room_and_needs_no_request() {
             options: Some(Arc::new(keep)),
             max_duration: None,
             room: Some(RoomName::new("R")),
+            warnings: Vec::new(),
         },
         t(0),
     );
@@ -1192,4 +1202,561 @@ fn room_the_first_one_given_is_kept() {
     let step = s.handle(open_in("B"), t(1), &TIMING).unwrap();
     assert!(step.duplicate);
     assert_eq!(s.room(), Some(&RoomName::new("A")));
+}
+
+// ---- Extension: the silence ladder ----
+
+/// Silence timeout 20 s, a reminder every 5 s, at most `reminders` of them.
+fn silence_options(reminders: u8) -> Options {
+    Options {
+        silence_timeout: Some(Duration::from_secs(20)),
+        silence_reminder_after: Duration::from_secs(5),
+        silence_reminders: reminders,
+        silence_reminder_instructions: arcstr::ArcStr::from("still there?"),
+        ..Options::default()
+    }
+}
+
+fn open_with(options: Options) -> Event {
+    Event::Open {
+        options: Some(Arc::new(options)),
+        max_duration: None,
+        room: None,
+        warnings: Vec::new(),
+    }
+}
+
+/// A session opened at t(0) with [`silence_options`].
+fn silent_session(reminders: u8) -> Session {
+    let mut s = new_session();
+    apply(&mut s, open_with(silence_options(reminders)), t(0));
+    s
+}
+
+fn remind(cause: ShutdownCause, instructions: &str) -> Directive {
+    Directive::Remind {
+        cause,
+        instructions: arcstr::ArcStr::from(instructions),
+    }
+}
+
+fn reminder() -> Directive {
+    remind(ShutdownCause::SilenceTimeout, "still there?")
+}
+
+fn user_speech(s: &mut Session, now: Time) -> Vec<Directive> {
+    apply(s, Event::UserSpeech, now)
+}
+
+/// Each directive with the time it was issued, in ms after t(0).
+fn timed(s: &Session) -> Vec<(u64, Directive)> {
+    s.directives()
+        .iter()
+        .map(|d| {
+            let ms = d.at.since(t(0)).as_millis() as u64;
+            (ms, d.directive.clone())
+        })
+        .collect()
+}
+
+/// Runs the session's deadlines up to `until`, each at its own instant (a perfect timer).
+fn run_until(s: &mut Session, until: Time) {
+    while let Some(deadline) = s.next_deadline(&TIMING).filter(|d| *d <= until) {
+        s.on_time(deadline, &TIMING);
+    }
+}
+
+/// the silence ladder: off unless the options turn it on.
+#[test]
+fn silence_is_off_by_default() {
+    let mut s = new_session();
+    apply(&mut s, open(None), t(0));
+    assert_eq!(s.next_deadline(&TIMING), None);
+    run_until(&mut s, t(3_600_000));
+    assert!(s.directives().is_empty());
+}
+
+/// the silence ladder: reminder i at i × silence_reminder_after, up to the count; then the
+/// wind-up at the timeout, then the shutdown after the grace.
+#[test]
+fn silence_reminders_up_to_the_count_then_wind_up_then_shutdown() {
+    let mut s = silent_session(2);
+    assert_eq!(s.next_deadline(&TIMING), Some(t(5_000)));
+    assert!(tick(&mut s, t(4_999)).is_empty());
+    assert_eq!(tick(&mut s, t(5_000)), [reminder()]);
+    assert_eq!(s.next_deadline(&TIMING), Some(t(10_000)));
+    assert_eq!(tick(&mut s, t(10_000)), [reminder()]);
+    // Two is the count: the next thing is the timeout, not a third reminder at 15 s.
+    assert_eq!(s.next_deadline(&TIMING), Some(t(20_000)));
+    assert!(tick(&mut s, t(15_000)).is_empty());
+    assert_eq!(
+        tick(&mut s, t(20_000)),
+        [wind_up(ShutdownCause::SilenceTimeout)]
+    );
+    assert_eq!(s.next_deadline(&TIMING), Some(t(30_000)));
+    assert!(tick(&mut s, t(29_999)).is_empty());
+    assert_eq!(
+        tick(&mut s, t(30_000)),
+        [shutdown(ShutdownCause::SilenceTimeout)]
+    );
+    assert_eq!(s.state(), State::ShuttingDown);
+    assert_eq!(
+        s.outcome(),
+        Some(Outcome::Shutdown(ShutdownCause::SilenceTimeout))
+    );
+    assert_eq!(s.ended_reason(), None, "not closed yet");
+}
+
+/// the silence ladder: a call that ends this way closes like max duration's (note J).
+#[test]
+fn silence_timeout_close_deletes_the_room_and_ends_silence_timeout() {
+    let mut s = silent_session(1);
+    run_until(&mut s, t(30_000));
+    assert_eq!(
+        apply(
+            &mut s,
+            close(CloseReason::ParticipantDisconnected),
+            t(31_000)
+        ),
+        [
+            Directive::DeleteRoom,
+            Directive::ShutdownJob {
+                reason: CloseReason::ParticipantDisconnected
+            }
+        ]
+    );
+    assert_eq!(s.ended_reason(), Some(EndedReason::SilenceTimeout));
+}
+
+/// the silence ladder: no reminder at or after the timeout.
+#[test]
+fn silence_reminders_due_at_the_timeout_are_not_issued() {
+    let mut s = new_session();
+    let options = Options {
+        silence_timeout: Some(Duration::from_secs(2)),
+        silence_reminder_after: Duration::from_secs(1),
+        silence_reminders: 5,
+        ..silence_options(5)
+    };
+    apply(&mut s, open_with(options), t(0));
+    run_until(&mut s, t(2_500));
+    assert_eq!(
+        timed(&s),
+        [
+            (1_000, reminder()),
+            (2_000, wind_up(ShutdownCause::SilenceTimeout))
+        ]
+    );
+}
+
+/// the silence ladder: the user's speech starts the silence again, reminders included.
+#[test]
+fn silence_is_reset_by_user_speech() {
+    let mut s = silent_session(1);
+    assert_eq!(tick(&mut s, t(5_000)), [reminder()]);
+    assert!(user_speech(&mut s, t(8_000)).is_empty());
+    assert_eq!(s.next_deadline(&TIMING), Some(t(13_000)));
+    assert_eq!(tick(&mut s, t(13_000)), [reminder()]);
+    assert!(user_speech(&mut s, t(27_000)).is_empty());
+    assert_eq!(s.next_deadline(&TIMING), Some(t(32_000)));
+    run_until(&mut s, t(47_000));
+    assert_eq!(
+        timed(&s),
+        [
+            (5_000, reminder()),
+            (13_000, reminder()),
+            (32_000, reminder()),
+            (47_000, wind_up(ShutdownCause::SilenceTimeout)),
+        ]
+    );
+}
+
+/// the silence ladder: silence pauses while an agent speech is in progress (from its
+/// OnSpeechCreated to its OnSpeechDone), the reminders' own included, and resumes after.
+#[test]
+fn silence_pauses_while_the_agent_speaks() {
+    let mut s = silent_session(1);
+    // The greeting, 1 s to 4 s: 1 s of silence before it.
+    apply(&mut s, created("greeting"), t(1_000));
+    assert_eq!(
+        s.next_deadline(&TIMING),
+        None,
+        "no reminder while the agent speaks"
+    );
+    assert!(tick(&mut s, t(6_000)).is_empty());
+    apply(&mut s, done("greeting"), t(4_000 + 3_000));
+    // 1 s before, so the reminder is due 4 s after the greeting ended.
+    assert_eq!(s.next_deadline(&TIMING), Some(t(11_000)));
+    assert_eq!(tick(&mut s, t(11_000)), [reminder()]);
+    // The reminder is spoken from 11.5 s to 14 s: silence 5.5 s at 11.5 s, still at 14 s, so
+    // 14.5 s more to the timeout.
+    apply(&mut s, created("reminder"), t(11_500));
+    apply(&mut s, done("reminder"), t(14_000));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(28_500)));
+    assert_eq!(
+        tick(&mut s, t(28_500)),
+        [wind_up(ShutdownCause::SilenceTimeout)]
+    );
+}
+
+/// the silence ladder: overlapping agent speeches keep it paused until the last is done; a
+/// speech reported done without being created does not pause it.
+#[test]
+fn silence_stays_paused_until_every_agent_speech_is_done() {
+    let mut s = silent_session(1);
+    apply(&mut s, created("A"), t(1_000));
+    apply(&mut s, created("B"), t(2_000));
+    apply(&mut s, done("A"), t(3_000));
+    assert_eq!(s.next_deadline(&TIMING), None);
+    apply(&mut s, done("B"), t(10_000));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(14_000)));
+    apply(&mut s, done("C"), t(12_000));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(14_000)));
+}
+
+/// the silence ladder: user speech while the agent speaks resets the silence, which stays
+/// paused until the speech is done.
+#[test]
+fn silence_reset_while_paused_starts_from_zero_when_the_agent_is_done() {
+    let mut s = silent_session(1);
+    apply(&mut s, created("A"), t(3_000));
+    user_speech(&mut s, t(4_000));
+    apply(&mut s, done("A"), t(6_000));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(11_000)));
+}
+
+/// the silence ladder: nothing about silence after end_call, not even the shutdown of a
+/// wind-up already issued.
+#[test]
+fn silence_after_end_call_is_ignored() {
+    let mut s = silent_session(1);
+    apply(&mut s, end_call("S", pipeline()), t(1_000));
+    assert_eq!(
+        s.next_deadline(&TIMING),
+        Some(t(31_000)),
+        "the playout guard only"
+    );
+    apply(&mut s, done("S"), t(2_000));
+    run_until(&mut s, t(100_000));
+    assert_eq!(
+        kinds(s.directives()),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+
+    // Wound up for silence, then the agent ends the call: its shutdown, not silence's.
+    let mut s = silent_session(0);
+    assert_eq!(
+        tick(&mut s, t(20_000)),
+        [wind_up(ShutdownCause::SilenceTimeout)]
+    );
+    apply(&mut s, end_call("S", pipeline()), t(22_000));
+    assert_eq!(
+        s.next_deadline(&TIMING),
+        Some(t(52_000)),
+        "the playout guard only"
+    );
+    assert_eq!(
+        apply(&mut s, done("S"), t(25_000)),
+        [shutdown(ShutdownCause::ToolTurnDone)]
+    );
+    apply(&mut s, close(CloseReason::UserInitiated), t(26_000));
+    assert_eq!(s.ended_reason(), Some(EndedReason::AgentWindUp));
+}
+
+/// the silence ladder: the wind-up is a decision; the user speaking after it does not call
+/// the shutdown off (the agent has been asked to say goodbye).
+#[test]
+fn silence_wind_up_is_not_undone_by_user_speech() {
+    let mut s = silent_session(0);
+    tick(&mut s, t(20_000));
+    assert!(user_speech(&mut s, t(21_000)).is_empty());
+    // The agent's goodbye neither pauses nor moves the grace.
+    apply(&mut s, created("goodbye"), t(22_000));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(30_000)));
+    assert!(apply(&mut s, done("goodbye"), t(25_000)).is_empty());
+    assert_eq!(
+        tick(&mut s, t(30_000)),
+        [shutdown(ShutdownCause::SilenceTimeout)]
+    );
+}
+
+/// the silence ladder: nothing about silence once SHUTDOWN_SESSION was issued or the session
+/// closed.
+#[test]
+fn silence_is_ignored_once_shutting_down_or_closed() {
+    let mut s = new_session();
+    let options = Options {
+        end_instructions: None,
+        ..silence_options(1)
+    };
+    apply(&mut s, open_with(options), t(0));
+    s.handle(
+        Event::Open {
+            options: None,
+            max_duration: Some(Duration::from_secs(3)),
+            room: None,
+            warnings: Vec::new(),
+        },
+        t(0),
+        &TIMING,
+    )
+    .unwrap();
+    run_until(&mut s, t(13_000));
+    assert_eq!(
+        kinds(s.directives()),
+        [
+            wind_up(ShutdownCause::MaxDuration),
+            shutdown(ShutdownCause::MaxDuration)
+        ],
+        "a WIND_UP stops the ladder; its shutdown is the call's"
+    );
+    run_until(&mut s, t(100_000));
+    assert_eq!(s.directives().len(), 2);
+
+    let mut s = silent_session(1);
+    apply(
+        &mut s,
+        close(CloseReason::ParticipantDisconnected),
+        t(1_000),
+    );
+    assert_eq!(s.next_deadline(&TIMING), None);
+    assert!(user_speech(&mut s, t(2_000)).is_empty());
+    assert_eq!(s.ended_reason(), Some(EndedReason::UserHangup));
+}
+
+/// the silence ladder: with a late timer (or after a restart) several reminder slots and the
+/// timeout may have passed at once: only the last reminder is issued, and none when the
+/// timeout is due too, whose shutdown then runs from when the timeout was reached.
+#[test]
+fn silence_late_timer_issues_one_reminder_or_only_the_wind_up() {
+    let mut s = silent_session(3);
+    assert_eq!(tick(&mut s, t(12_000)), [reminder()]);
+    assert_eq!(s.next_deadline(&TIMING), Some(t(15_000)));
+    assert_eq!(tick(&mut s, t(15_000)), [reminder()]);
+
+    let mut s = silent_session(3);
+    assert_eq!(
+        tick(&mut s, t(25_000)),
+        [wind_up(ShutdownCause::SilenceTimeout)]
+    );
+    assert_eq!(s.next_deadline(&TIMING), Some(t(30_000)));
+}
+
+/// the silence ladder: a deadline that has passed acts first (note I), so user speech that
+/// comes after a reminder's time gets the reminder in its reply.
+#[test]
+fn silence_reminder_due_before_a_late_event_comes_in_its_reply() {
+    let mut s = silent_session(1);
+    assert_eq!(user_speech(&mut s, t(5_000)), [reminder()]);
+    assert_eq!(s.next_deadline(&TIMING), Some(t(10_000)));
+}
+
+/// the silence ladder: options that turn it on start it then; the defaults may have it on
+/// from the session's start; options may turn it off.
+#[test]
+fn silence_starts_with_the_options_that_turn_it_on() {
+    let mut s = new_session();
+    apply(&mut s, created("A"), t(0));
+    apply(&mut s, done("A"), t(1_000));
+    apply(&mut s, open_with(silence_options(1)), t(3_000));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(8_000)));
+
+    let mut s = Session::new(Arc::new(silence_options(1)), t(0));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(5_000)));
+    let off = Options {
+        silence_timeout: None,
+        ..silence_options(1)
+    };
+    apply(&mut s, open_with(off), t(1_000));
+    assert_eq!(s.next_deadline(&TIMING), None);
+}
+
+/// the silence ladder: at most MAX_REMINDS_PER_SESSION REMINDs in a session, however often
+/// the user answers.
+#[test]
+fn silence_reminders_are_bounded_per_session() {
+    let mut s = silent_session(1);
+    let mut now = 0;
+    for _ in 0..40 {
+        now += 5_000;
+        tick(&mut s, t(now));
+        now += 1_000;
+        user_speech(&mut s, t(now));
+    }
+    let reminders = s
+        .directives()
+        .iter()
+        .filter(|d| matches!(d.directive, Directive::Remind { .. }))
+        .count();
+    assert_eq!(reminders, crate::domain::MAX_REMINDS_PER_SESSION);
+    // The timeout still applies.
+    run_until(&mut s, t(now + 20_000));
+    assert_eq!(
+        s.directives().last().map(|d| d.directive.clone()),
+        Some(wind_up(ShutdownCause::SilenceTimeout))
+    );
+}
+
+// ---- Extension: staged time limits ----
+
+fn warning(before_s: u64, text: &str) -> Warning {
+    Warning {
+        before: Duration::from_secs(before_s),
+        instructions: arcstr::ArcStr::from(text),
+    }
+}
+
+fn open_warned(max_s: u64, warnings: Vec<Warning>) -> Event {
+    Event::Open {
+        options: None,
+        max_duration: Some(Duration::from_secs(max_s)),
+        room: None,
+        warnings,
+    }
+}
+
+/// staged time limits: each warning once, at its time, in time order whatever the order
+/// given; then WIND_UP and SHUTDOWN_SESSION (MAX_DURATION) as before.
+#[test]
+fn warnings_are_issued_once_each_in_time_order() {
+    let mut s = new_session();
+    let warnings = vec![warning(10, "ten seconds"), warning(30, "half a minute")];
+    apply(&mut s, open_warned(60, warnings), t(0));
+    assert_eq!(s.next_deadline(&TIMING), Some(t(30_000)));
+    run_until(&mut s, t(80_000));
+    let at_max = |text| remind(ShutdownCause::MaxDuration, text);
+    assert_eq!(
+        timed(&s),
+        [
+            (30_000, at_max("half a minute")),
+            (50_000, at_max("ten seconds")),
+            (60_000, wind_up(ShutdownCause::MaxDuration)),
+            (70_000, shutdown(ShutdownCause::MaxDuration)),
+        ]
+    );
+    assert_eq!(s.warnings()[0].instructions.as_str(), "half a minute");
+}
+
+/// staged time limits: warnings stop at end_call (the agent is already saying goodbye), and
+/// a late timer issues only the last one due, none once the wind-up is due too.
+#[test]
+fn warnings_stop_at_end_call_and_skip_when_late() {
+    let warnings = || vec![warning(30, "thirty"), warning(10, "ten")];
+    let mut s = new_session();
+    apply(&mut s, open_warned(60, warnings()), t(0));
+    apply(&mut s, end_call("S", realtime(true)), t(25_000));
+    run_until(&mut s, t(59_000));
+    assert_eq!(
+        kinds(s.directives()),
+        [shutdown(ShutdownCause::PlayoutGuard)],
+        "no REMIND after end_call"
+    );
+
+    let mut s = new_session();
+    apply(&mut s, open_warned(60, warnings()), t(0));
+    assert_eq!(
+        tick(&mut s, t(55_000)),
+        [remind(ShutdownCause::MaxDuration, "ten")]
+    );
+    let mut s = new_session();
+    apply(&mut s, open_warned(60, warnings()), t(0));
+    assert_eq!(
+        tick(&mut s, t(61_000)),
+        [wind_up(ShutdownCause::MaxDuration)]
+    );
+}
+
+/// staged time limits: fixed with the maximum duration; a repeat may leave them out or
+/// repeat them (in any order), other ones are refused.
+#[test]
+fn warnings_are_fixed_with_the_maximum_duration() {
+    let mut s = new_session();
+    apply(
+        &mut s,
+        open_warned(60, vec![warning(10, "a"), warning(30, "b")]),
+        t(0),
+    );
+    for repeat in [
+        open_warned(60, Vec::new()),
+        open_warned(60, vec![warning(30, "b"), warning(10, "a")]),
+    ] {
+        assert!(s.handle(repeat, t(1), &TIMING).unwrap().duplicate);
+    }
+    assert_eq!(
+        s.handle(open_warned(60, vec![warning(10, "a")]), t(2), &TIMING),
+        Err(Rejection::WarningsConflict)
+    );
+}
+
+// ---- ended reason ----
+
+/// ended reason: one value per closed session, from how it ended.
+#[test]
+fn ended_reason_names_why_the_call_ended() {
+    let closed_by = |reason| {
+        let mut s = new_session();
+        apply(&mut s, close(reason), t(1));
+        s.ended_reason()
+    };
+    assert_eq!(
+        closed_by(CloseReason::ParticipantDisconnected),
+        Some(EndedReason::UserHangup)
+    );
+    assert_eq!(closed_by(CloseReason::Error), Some(EndedReason::Error));
+    assert_eq!(
+        closed_by(CloseReason::JobShutdown),
+        Some(EndedReason::JobShutdown)
+    );
+    assert_eq!(
+        closed_by(CloseReason::UserInitiated),
+        Some(EndedReason::AgentClosed)
+    );
+    assert_eq!(
+        closed_by(CloseReason::TaskCompleted),
+        Some(EndedReason::AgentClosed)
+    );
+
+    // end_call, and the user hanging up during the goodbye: the agent ended it.
+    let mut s = new_session();
+    apply(&mut s, end_call("S", pipeline()), t(1));
+    assert_eq!(s.ended_reason(), None, "live");
+    apply(&mut s, close(CloseReason::ParticipantDisconnected), t(2));
+    assert_eq!(s.ended_reason(), Some(EndedReason::AgentEndCall));
+    // ... but an error during it is an error.
+    let mut s = new_session();
+    apply(&mut s, end_call("S", pipeline()), t(1));
+    apply(&mut s, close(CloseReason::Error), t(2));
+    assert_eq!(s.ended_reason(), Some(EndedReason::Error));
+
+    // The max duration's shutdown; its wind-up followed by end_call.
+    let mut s = new_session();
+    apply(&mut s, open(Some(Duration::from_secs(60))), t(0));
+    run_until(&mut s, t(70_000));
+    apply(&mut s, close(CloseReason::Error), t(71_000));
+    assert_eq!(s.ended_reason(), Some(EndedReason::MaxDuration));
+    let mut s = new_session();
+    apply(&mut s, open(Some(Duration::from_secs(60))), t(0));
+    tick(&mut s, t(60_000));
+    apply(&mut s, end_call("S", pipeline()), t(61_000));
+    apply(&mut s, done("S"), t(62_000));
+    apply(&mut s, close(CloseReason::UserInitiated), t(63_000));
+    assert_eq!(s.ended_reason(), Some(EndedReason::AgentWindUp));
+
+    // Expired; worker lost (the teardown's cause, whatever the outcome); the close deadline
+    // (the shutdown's reason: the call had ended, only its close was missing).
+    let mut s = new_session();
+    s.expire(t(1));
+    assert_eq!(s.ended_reason(), Some(EndedReason::Expired));
+    let mut s = attended();
+    apply(&mut s, end_call("S", pipeline()), t(1_000));
+    apply(&mut s, done("S"), t(2_000));
+    s.stream_closed(t(3_000));
+    tick(&mut s, t(13_000));
+    assert_eq!(s.ended_reason(), Some(EndedReason::WorkerLost));
+    let mut s = new_session();
+    apply(&mut s, end_call("S", pipeline()), t(1_000));
+    apply(&mut s, done("S"), t(2_000));
+    tick(&mut s, t(62_000));
+    assert_eq!(teardown_of(&s).0, TeardownCause::CloseDeadline);
+    assert_eq!(s.ended_reason(), Some(EndedReason::AgentEndCall));
 }

@@ -16,7 +16,7 @@ use std::{
 };
 
 use super::{Report, ReportEntry, ReportItem, TeardownReport};
-use crate::domain::{millis, Capabilities, Directive, IssuedDirective, Options, Time};
+use crate::domain::{millis, Capabilities, Directive, IssuedDirective, Options, Time, Warning};
 
 impl Report {
     /// Appends the report to `out` as one JSON object (the worker's close error is left out:
@@ -36,6 +36,9 @@ impl Report {
         option(o.key("outcome"), self.outcome, |out, v| {
             name(out, v.as_str())
         });
+        option(o.key("ended_reason"), self.ended_reason, |out, v| {
+            name(out, v.as_str())
+        });
         option(o.key("close_reason"), self.close_reason, |out, v| {
             name(out, v.as_str())
         });
@@ -45,6 +48,7 @@ impl Report {
         boolean(o.key("attended"), self.attended);
         options(o.key("options"), &self.options);
         option(o.key("max_duration"), self.max_duration, milliseconds);
+        array(o.key("warnings"), &self.warnings, warning);
         capabilities(o.key("capabilities"), self.capabilities);
         time(o.key("created_at"), self.created_at);
         option(o.key("end_call_at"), self.end_call_at, time);
@@ -87,6 +91,30 @@ fn options(out: &mut String, options: &Options) {
     boolean(o.key("ignore_on_enter"), options.ignore_on_enter);
     milliseconds(o.key("reply_timeout"), options.reply_timeout);
     boolean(o.key("early_reply_capture"), options.early_reply_capture);
+    option(
+        o.key("silence_timeout"),
+        options.silence_timeout,
+        milliseconds,
+    );
+    milliseconds(
+        o.key("silence_reminder_after"),
+        options.silence_reminder_after,
+    );
+    number(
+        o.key("silence_reminders"),
+        u64::from(options.silence_reminders),
+    );
+    string(
+        o.key("silence_reminder_instructions"),
+        &options.silence_reminder_instructions,
+    );
+    o.close();
+}
+
+fn warning(out: &mut String, warning: &Warning) {
+    let mut o = Object::open(out);
+    milliseconds(o.key("before"), warning.before);
+    string(o.key("instructions"), &warning.instructions);
     o.close();
 }
 
@@ -124,10 +152,19 @@ fn directive(out: &mut String, issued: &IssuedDirective) {
     number(o.key("seq"), issued.seq);
     time(o.key("at"), issued.at);
     name(o.key("kind"), issued.directive.kind());
-    match issued.directive {
-        Directive::ShutdownSession { cause } => name(o.key("cause"), cause.as_str()),
+    match &issued.directive {
+        Directive::ShutdownSession { cause } | Directive::WindUp { cause } => {
+            name(o.key("cause"), cause.as_str());
+        }
+        Directive::Remind {
+            cause,
+            instructions,
+        } => {
+            name(o.key("cause"), cause.as_str());
+            string(o.key("instructions"), instructions);
+        }
         Directive::ShutdownJob { reason } => name(o.key("reason"), reason.as_str()),
-        Directive::DeleteRoom | Directive::WindUp => {}
+        Directive::DeleteRoom => {}
     }
     o.close();
 }
@@ -264,7 +301,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        domain::{CloseReason, Event, RoomName, SessionId, SpeechId, TeardownDone, TeardownResult},
+        domain::{
+            CloseReason, Event, RoomName, SessionId, SpeechId, TeardownDone, TeardownResult,
+            Warning,
+        },
         machine::{Session, Timing},
     };
 
@@ -300,7 +340,10 @@ mod tests {
     /// One step of a session's life, with strings a worker could send.
     #[derive(Clone, Debug)]
     enum Step {
-        Open(Option<u64>, Option<String>),
+        /// A maximum duration, a room, and a warning's instructions (one second before the
+        /// limit).
+        Open(Option<u64>, Option<String>, Option<String>),
+        UserSpeech,
         EndCall(String, Option<bool>),
         Created(String),
         Done(String, bool),
@@ -321,10 +364,12 @@ mod tests {
         ];
         prop_oneof![
             (
-                proptest::option::of(1u64..100_000),
+                proptest::option::of(2_000u64..100_000),
+                proptest::option::of(any::<String>()),
                 proptest::option::of(any::<String>())
             )
-                .prop_map(|(max, room)| Step::Open(max, room)),
+                .prop_map(|(max, room, warning)| Step::Open(max, room, warning)),
+            Just(Step::UserSpeech),
             (speech.clone(), proptest::option::of(any::<bool>()))
                 .prop_map(|(s, r)| Step::EndCall(s, r)),
             speech.clone().prop_map(Step::Created),
@@ -375,11 +420,20 @@ mod tests {
                     session.teardown_finished(done, now);
                     continue;
                 }
-                Step::Open(max_ms, room) => Event::Open {
+                Step::Open(max_ms, room, warning) => Event::Open {
                     options: None,
                     max_duration: max_ms.map(Duration::from_millis),
                     room: room.as_deref().map(RoomName::new),
+                    warnings: warning
+                        .iter()
+                        .filter(|_| max_ms.is_some())
+                        .map(|text| Warning {
+                            before: Duration::from_secs(1),
+                            instructions: arcstr::ArcStr::from(text.as_str()),
+                        })
+                        .collect(),
                 },
+                Step::UserSpeech => Event::UserSpeech,
                 Step::EndCall(speech, realtime) => Event::EndCall {
                     speech: SpeechId::new(speech),
                     options: None,
@@ -416,6 +470,9 @@ mod tests {
             description in any::<String>(),
             flags in any::<[bool; 3]>(),
             timeout in 0u64..100_000,
+            silence in proptest::option::of(1_000u64..60_000),
+            reminders in 0u8..4,
+            reminder in any::<String>(),
             steps in proptest::collection::vec(step(), 0..30),
         ) {
             let options = Options {
@@ -425,6 +482,10 @@ mod tests {
                 ignore_on_enter: flags[1],
                 reply_timeout: Duration::from_millis(timeout),
                 early_reply_capture: flags[2],
+                silence_timeout: silence.map(Duration::from_millis),
+                silence_reminder_after: Duration::from_millis(700),
+                silence_reminders: reminders,
+                silence_reminder_instructions: arcstr::ArcStr::from(reminder.as_str()),
             };
             let report = Report::of(&SessionId::new(&id), &session(options, &steps));
             prop_assert_eq!(written(&report), serde_json::to_string(&report).unwrap());
@@ -467,7 +528,7 @@ mod tests {
     #[test]
     fn every_kind_of_ending_is_written_as_serde_writes_it() {
         let realtime = Some(true);
-        let lives: [&[Step]; 10] = [
+        let lives: [&[Step]; 11] = [
             &[
                 Step::EndCall("S1".into(), None),
                 Step::Done("S1".into(), false),
@@ -483,19 +544,19 @@ mod tests {
             &[Step::EndCall("S1".into(), None), Step::Wait(31_000)],
             &[Step::Close(CloseReason::ParticipantDisconnected)],
             &[
-                Step::Open(Some(60_000), None),
+                Step::Open(Some(60_000), None, Some("one \"minute\" left".into())),
                 Step::Wait(30_000),
                 Step::Wait(31_000),
             ],
             &[Step::EndCall("S1".into(), None), Step::Expire],
             &[
-                Step::Open(None, Some("room \"1\"".into())),
+                Step::Open(None, Some("room \"1\"".into()), None),
                 Step::StreamOpened,
                 Step::StreamClosed,
                 Step::Wait(10_000),
             ],
             &[
-                Step::Open(None, Some("room-2".into())),
+                Step::Open(None, Some("room-2".into()), None),
                 Step::StreamOpened,
                 Step::StreamClosed,
                 Step::Wait(10_000),
@@ -506,13 +567,28 @@ mod tests {
                 Step::Done("S1".into(), false),
                 Step::Wait(60_000),
             ],
+            // The silence ladder: a reminder, the user, a reminder, the wind-up, the shutdown.
+            &[
+                Step::Wait(1_000),
+                Step::UserSpeech,
+                Step::Wait(1_000),
+                Step::Wait(1_000),
+                Step::Wait(40_000),
+                Step::Close(CloseReason::ParticipantDisconnected),
+            ],
         ];
-        for steps in lives {
-            let report = Report::of(
-                &SessionId::new("call-1"),
-                &session(Options::default(), steps),
-            );
-            assert_eq!(written(&report), serde_json::to_string(&report).unwrap());
+        let silence = Options {
+            silence_timeout: Some(Duration::from_secs(2)),
+            silence_reminder_after: Duration::from_secs(1),
+            silence_reminder_instructions: arcstr::ArcStr::from("are you \"there\"?\n"),
+            ..Options::default()
+        };
+        for options in [Options::default(), silence] {
+            for steps in lives {
+                let report =
+                    Report::of(&SessionId::new("call-1"), &session(options.clone(), steps));
+                assert_eq!(written(&report), serde_json::to_string(&report).unwrap());
+            }
         }
     }
 }

@@ -15,8 +15,8 @@ use serde::{ser::SerializeMap as _, Serialize, Serializer};
 use crate::domain::duration_ms;
 use crate::{
     domain::{
-        Capabilities, CloseReason, IssuedDirective, Options, Outcome, RoomName, SessionId, State,
-        TeardownCause, TeardownResult, Time,
+        Capabilities, CloseReason, EndedReason, IssuedDirective, Options, Outcome, RoomName,
+        SessionId, State, TeardownCause, TeardownResult, Time, Warning,
     },
     machine::{EventRecord, Session, TimelineItem},
 };
@@ -28,6 +28,8 @@ pub struct Report {
     pub state: State,
     #[cfg_attr(any(test, feature = "serde"), serde(serialize_with = "outcome_str"))]
     pub outcome: Option<Outcome>,
+    /// Why the call ended, once the session is closed.
+    pub ended_reason: Option<EndedReason>,
     pub close_reason: Option<CloseReason>,
     pub room: Option<RoomName>,
     /// Whether the worker ever held a watch stream (its lease).
@@ -38,6 +40,8 @@ pub struct Report {
     pub options: Arc<Options>,
     #[cfg_attr(any(test, feature = "serde"), serde(serialize_with = "opt_ms"))]
     pub max_duration: Option<Duration>,
+    /// Warnings before the maximum duration, in time order.
+    pub warnings: Vec<Warning>,
     pub capabilities: Capabilities,
     pub created_at: Time,
     pub end_call_at: Option<Time>,
@@ -125,10 +129,12 @@ impl Report {
             session_id: session_id.clone(),
             state: session.state(),
             outcome: session.outcome(),
+            ended_reason: session.ended_reason(),
             close_reason: session.close_reason(),
             close_error: session.close_error().map(str::to_owned),
             options: Arc::clone(session.options()),
             max_duration: session.max_duration(),
+            warnings: session.warnings().to_vec(),
             capabilities: session.capabilities(),
             created_at: session.created_at(),
             end_call_at: session.end_call_at(),
@@ -182,6 +188,7 @@ impl fmt::Display for Described {
                 interrupted: true,
             } => write!(f, "speech_done speech={speech} interrupted")?,
             EventRecord::Close { reason } => write!(f, "session_close reason={}", reason.as_str())?,
+            EventRecord::UserSpeech => f.write_str("user_speech")?,
             EventRecord::Expired => f.write_str("expired")?,
             EventRecord::TornDown { cause } => write!(f, "torn_down cause={}", cause.as_str())?,
         }
@@ -272,12 +279,24 @@ mod tests {
                     reason: CloseReason::UserInitiated,
                 },
             ),
-            directive(4, Directive::WindUp),
+            directive(
+                4,
+                Directive::WindUp {
+                    cause: ShutdownCause::MaxDuration,
+                },
+            ),
+            directive(
+                5,
+                Directive::Remind {
+                    cause: ShutdownCause::SilenceTimeout,
+                    instructions: arcstr::ArcStr::from("still \"there\"?"),
+                },
+            ),
         ])
         .unwrap();
         assert_eq!(
             json,
-            r#"[{"seq":1,"at":1500,"kind":"shutdown_session","cause":"reply_timeout"},{"seq":2,"at":1500,"kind":"delete_room"},{"seq":3,"at":1500,"kind":"shutdown_job","reason":"user_initiated"},{"seq":4,"at":1500,"kind":"wind_up"}]"#
+            r#"[{"seq":1,"at":1500,"kind":"shutdown_session","cause":"reply_timeout"},{"seq":2,"at":1500,"kind":"delete_room"},{"seq":3,"at":1500,"kind":"shutdown_job","reason":"user_initiated"},{"seq":4,"at":1500,"kind":"wind_up","cause":"max_duration"},{"seq":5,"at":1500,"kind":"remind","cause":"silence_timeout","instructions":"still \"there\"?"}]"#
         );
         let entries = [
             ReportEntry {

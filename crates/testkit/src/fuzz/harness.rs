@@ -65,6 +65,7 @@ macro_rules! event_reply {
 event_reply!(
     pb::OnSpeechCreatedResponse,
     pb::OnSpeechDoneResponse,
+    pb::OnUserSpeechResponse,
     pb::OnSessionCloseResponse,
 );
 
@@ -87,6 +88,7 @@ impl Harness {
             format!("--close-deadline={}ms", CLOSE_DEADLINE.as_millis()),
             format!("--max-sessions={MAX_SESSIONS}"),
             "--wind-up-instructions=wrap the call up".to_owned(),
+            "--silence-wind-up-instructions=nobody is there".to_owned(),
         ];
         let sidecar = InProcess::start(flags).expect("the service starts");
         Harness {
@@ -203,6 +205,16 @@ impl Harness {
                 let before = self.report(&id).await;
                 let result = self.api().on_speech_done(Request::new(req)).await;
                 self.event_response(Rpc::OnSpeechDone, &id, before, result)
+                    .await;
+                id
+            }
+            Rpc::OnUserSpeech => {
+                let mut req = pb::OnUserSpeechRequest::decode(message).ok()?;
+                session(&mut req.session_id);
+                let id = req.session_id.clone();
+                let before = self.report(&id).await;
+                let result = self.api().on_user_speech(Request::new(req)).await;
+                self.event_response(Rpc::OnUserSpeech, &id, before, result)
                     .await;
                 id
             }
@@ -425,10 +437,18 @@ impl Harness {
         if let Some(teardown) = &report.teardown {
             self.summary.teardowns.insert(teardown.cause);
         }
+        if closed {
+            self.summary.ended.insert(report.ended_reason);
+        }
         for d in &report.directives {
             self.summary.directives.insert(d.kind);
             if d.kind == pb::DirectiveKind::ShutdownSession as i32 {
                 self.summary.causes.insert(d.cause);
+            }
+            if d.kind == pb::DirectiveKind::WindUp as i32
+                || d.kind == pb::DirectiveKind::Remind as i32
+            {
+                self.summary.reminded.insert((d.kind, d.cause));
             }
         }
         let known = self.known.entry(id.to_owned()).or_insert(Known {

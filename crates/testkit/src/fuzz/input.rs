@@ -6,7 +6,9 @@ use std::time::Duration;
 pub const SESSIONS: [&str; 6] = ["call-0", "call-1", "call-2", "call-3", "call-4", "call-5"];
 pub const SPEECHES: [&str; 3] = ["SP-A", "SP-B", "SP-C"];
 
+/// An RPC, as its kind byte.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
 pub enum Rpc {
     OpenSession = 0,
     EndCall = 1,
@@ -16,6 +18,8 @@ pub enum Rpc {
     WatchSession = 5,
     GetTool = 6,
     GetSession = 7,
+    /// Its own kind byte, [`USER_SPEECH`]: see below.
+    OnUserSpeech = USER_SPEECH,
 }
 
 impl Rpc {
@@ -29,11 +33,16 @@ impl Rpc {
             Rpc::WatchSession => "WatchSession",
             Rpc::GetTool => "GetTool",
             Rpc::GetSession => "GetSession",
+            Rpc::OnUserSpeech => "OnUserSpeech",
         }
     }
 }
 
 pub(super) const ADVANCE: u8 = 8;
+/// The kind byte of `OnUserSpeech`, the one kind added after the corpus was first grown. Every
+/// other byte keeps its meaning (`kind % KINDS`); this one meant an advance, and no file of
+/// the committed corpus had a step with it, so each of them still means what it meant.
+pub(super) const USER_SPEECH: u8 = 0xE0;
 /// `ids` bit 6 on a WatchSession step: drop a stream instead of opening one.
 pub(super) const DROP_STREAM: u8 = 1 << 6;
 pub(super) const KINDS: u8 = 9;
@@ -117,8 +126,12 @@ pub(super) fn advance_by(b: u8) -> Duration {
     }
 }
 
-pub(super) fn rpc(kind: u8) -> Rpc {
-    match kind {
+/// The RPC of a kind byte that is not an advance.
+pub(super) fn rpc(byte: u8) -> Rpc {
+    if byte == USER_SPEECH {
+        return Rpc::OnUserSpeech;
+    }
+    match byte % KINDS {
         0 => Rpc::OpenSession,
         1 => Rpc::EndCall,
         2 => Rpc::OnSpeechCreated,

@@ -1,6 +1,9 @@
 //! What every refusal and every session report must satisfy, whatever the input.
 
-use endcall_sidecar::proto::v1 as pb;
+use endcall_sidecar::{
+    contract::domain::{MAX_DIRECTIVES_PER_SESSION, MAX_REMINDS_PER_SESSION},
+    proto::v1 as pb,
+};
 use tonic::{Code, Status};
 
 /// Longest status message allowed. A message is a sentence naming the field plus at most one
@@ -16,8 +19,15 @@ const FIELDS: &[&str] = &[
     "options.end_instructions.none",
     "options.extra_description",
     "options.reply_timeout",
+    "options.silence_timeout",
+    "options.silence_reminder_after",
+    "options.silence_reminders",
+    "options.silence_reminder_instructions",
     "max_duration",
     "room",
+    "max_duration_warnings",
+    "max_duration_warnings[].before",
+    "max_duration_warnings[].instructions",
     "reason",
     "error_message",
     "extra_description",
@@ -41,9 +51,28 @@ pub(super) fn check_status(method: &str, status: &Status, codes: &[Code]) {
         !message.chars().any(char::is_control),
         "{method}: a control character in the status message {message:?}"
     );
-    let field = message.split_once(": ").map(|(field, _)| field);
+    // A list's index, as in `max_duration_warnings[2].before`, names the field as `[]`.
+    let field = message.split_once(": ").map(|(field, _)| {
+        let mut plain = String::new();
+        let mut index = false;
+        for c in field.chars() {
+            match c {
+                '[' => {
+                    index = true;
+                    plain.push('[');
+                }
+                ']' => {
+                    index = false;
+                    plain.push(']');
+                }
+                c if index && c.is_ascii_digit() => {}
+                c => plain.push(c),
+            }
+        }
+        plain
+    });
     assert!(
-        field.is_some_and(|field| FIELDS.contains(&field)),
+        field.is_some_and(|field| FIELDS.contains(&field.as_str())),
         "{method}: the status message {message:?} does not name a field"
     );
 }
@@ -84,6 +113,14 @@ pub(super) fn check_report(id: &str, report: &pb::SessionReport) {
     }
     assert!(count(K::ShutdownSession) <= 1, "{id:?}: {kinds:?}");
     assert!(count(K::WindUp) <= 1, "{id:?}: {kinds:?}");
+    assert!(
+        count(K::Remind) <= MAX_REMINDS_PER_SESSION,
+        "{id:?}: {kinds:?}"
+    );
+    assert!(
+        kinds.len() <= MAX_DIRECTIVES_PER_SESSION,
+        "{id:?}: {kinds:?}"
+    );
     assert!(count(K::DeleteRoom) <= 1, "{id:?}: {kinds:?}");
     assert!(count(K::ShutdownJob) <= 1, "{id:?}: {kinds:?}");
     if let Some(job) = position(K::ShutdownJob) {
@@ -130,21 +167,100 @@ pub(super) fn check_report(id: &str, report: &pb::SessionReport) {
             "{id:?}: SHUTTING_DOWN without SHUTDOWN_SESSION"
         );
     }
-    if position(K::WindUp).is_some() {
-        assert!(
-            report
-                .options
-                .as_ref()
-                .is_some_and(|o| o.max_duration.is_some()),
-            "{id:?}: WIND_UP without max_duration"
-        );
-    }
+    check_limits(id, report);
     check_teardown(id, report);
+    assert_eq!(
+        closed,
+        report.ended_reason != pb::EndedReason::Unspecified as i32,
+        "{id:?}: exactly one ended reason per closed session, none for a live one"
+    );
     let ending = report.end_call_at.is_some() || position(K::ShutdownSession).is_some();
     if closed && ending && report.close_reason != 0 {
         assert!(
             position(K::ShutdownJob).is_some(),
             "{id:?}: closed after end_call without SHUTDOWN_JOB: {kinds:?}"
+        );
+    }
+}
+
+/// `WIND_UP` and `REMIND`: each leads up to a limit the session has, with instructions; none
+/// after end_call or `SHUTDOWN_SESSION`; at most `silence_reminders` silence reminders per
+/// silence (between two `user_speech` events), and a time-limit warning at most once each.
+fn check_limits(id: &str, report: &pb::SessionReport) {
+    use pb::{DirectiveKind as K, ShutdownCause as C};
+    let options = report.options.clone().unwrap_or_default();
+    let micros = |t: Option<prost_types::Timestamp>| {
+        t.map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
+    };
+    let end_call_at = micros(report.end_call_at);
+    let mut silence_reminders = Vec::new();
+    let mut warnings = 0;
+    for d in &report.directives {
+        let kind = d.kind;
+        if kind != K::WindUp as i32 && kind != K::Remind as i32 {
+            if d.kind == K::ShutdownSession as i32 && d.cause == C::SilenceTimeout as i32 {
+                assert!(
+                    report
+                        .directives
+                        .iter()
+                        .any(|w| w.kind == K::WindUp as i32 && w.cause == C::SilenceTimeout as i32),
+                    "{id:?}: SHUTDOWN_SESSION (SILENCE_TIMEOUT) without its WIND_UP"
+                );
+            }
+            continue;
+        }
+        assert!(
+            !d.instructions.is_empty(),
+            "{id:?}: {d:?} without instructions"
+        );
+        assert!(
+            end_call_at.is_none_or(|e| micros(d.issued_at).is_some_and(|at| at <= e)),
+            "{id:?}: {d:?} after end_call"
+        );
+        match C::try_from(d.cause) {
+            Ok(C::MaxDuration) => {
+                assert!(
+                    options.max_duration.is_some(),
+                    "{id:?}: {d:?} without max_duration"
+                );
+                if kind == K::Remind as i32 {
+                    warnings += 1;
+                }
+            }
+            Ok(C::SilenceTimeout) => {
+                assert!(
+                    options.silence_timeout.is_some(),
+                    "{id:?}: {d:?} without silence_timeout"
+                );
+                if kind == K::Remind as i32 {
+                    assert_eq!(d.instructions, options.silence_reminder_instructions);
+                    silence_reminders.push(micros(d.issued_at));
+                }
+            }
+            _ => panic!("{id:?}: {d:?} leads up to no limit"),
+        }
+    }
+    assert!(
+        warnings <= options.max_duration_warnings.len(),
+        "{id:?}: more warnings than the session has"
+    );
+    if report.timeline_dropped == 0 {
+        // A reminder due at the moment the user spoke was issued before the speech (note I).
+        let spoke: Vec<Option<i64>> = report
+            .timeline
+            .iter()
+            .filter(|e| {
+                matches!(&e.entry, Some(pb::timeline_entry::Entry::Event(t)) if t == "user_speech")
+            })
+            .map(|e| micros(e.at))
+            .collect();
+        let mut per_silence = vec![0u32; spoke.len() + 1];
+        for at in silence_reminders {
+            per_silence[spoke.iter().filter(|s| **s < at).count()] += 1;
+        }
+        assert!(
+            per_silence.iter().all(|n| *n <= options.silence_reminders),
+            "{id:?}: more than silence_reminders reminders in one silence: {per_silence:?}"
         );
     }
 }

@@ -8,8 +8,10 @@
 //! `harness` drives the service, `invariants` holds what every answer and report must satisfy.
 //!
 //! Input format: steps, read until the input ends (at most [`MAX_STEPS`]).
-//! - a kind byte, `kind % 9`: 0 OpenSession, 1 EndCall, 2 OnSpeechCreated, 3 OnSpeechDone,
-//!   4 OnSessionClose, 5 WatchSession, 6 GetTool, 7 GetSession, 8 advance the clock;
+//! - a kind byte: 0xE0 is OnUserSpeech; any other, `kind % 9`: 0 OpenSession, 1 EndCall,
+//!   2 OnSpeechCreated, 3 OnSpeechDone, 4 OnSessionClose, 5 WatchSession, 6 GetTool,
+//!   7 GetSession, 8 advance the clock (0xE0 was an advance before OnUserSpeech existed; no
+//!   committed corpus file has one, so each still means what it meant);
 //! - advance: one byte `b`, `b < 128` is `b` × 100 ms, otherwise `b - 128` seconds;
 //! - an RPC: an `ids` byte, a length, then that many bytes decoded with prost as the RPC's
 //!   request (a message that does not decode skips the step: tonic refuses it before the
@@ -34,7 +36,7 @@ pub use self::input::{encode, Rpc, Step, SESSIONS, SPEECHES};
 pub use self::invariants::MAX_STATUS_MESSAGE;
 use self::{
     harness::Harness,
-    input::{advance_by, rpc, Input, ADVANCE, KINDS},
+    input::{advance_by, rpc, Input, ADVANCE, KINDS, USER_SPEECH},
 };
 
 /// Live sessions at most: small, so `RESOURCE_EXHAUSTED` is met.
@@ -62,6 +64,11 @@ pub struct Summary {
     pub streams_dropped: usize,
     /// `pb::TeardownCause` values of the sidecar's teardowns seen in reports.
     pub teardowns: BTreeSet<i32>,
+    /// `pb::ShutdownCause` values of the `WIND_UP` and `REMIND` directives seen: the limits
+    /// they led up to.
+    pub reminded: BTreeSet<(i32, i32)>,
+    /// `pb::EndedReason` values of closed sessions seen in reports.
+    pub ended: BTreeSet<i32>,
 }
 
 /// Runs one input; panics when an invariant does not hold.
@@ -77,8 +84,7 @@ pub fn run(data: &[u8]) -> Summary {
         let mut input = Input(data);
         while harness.summary.steps < MAX_STEPS {
             let Some(kind) = input.byte() else { break };
-            let kind = kind % KINDS;
-            if kind == ADVANCE {
+            if kind != USER_SPEECH && kind % KINDS == ADVANCE {
                 let Some(b) = input.byte() else { break };
                 harness.advance(advance_by(b)).await;
             } else {
