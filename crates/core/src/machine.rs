@@ -833,6 +833,11 @@ impl Session {
     /// several came due at once (a late timer, a restart), only the last is issued; none when
     /// the wind-up they lead to is due too.
     fn warnings_due(&mut self, now: Time) {
+        // Past an end_call or a WIND_UP no warning is due (`next_warning`): nothing moves, as
+        // replay needs (a timer that fires with nothing due is not journaled).
+        if !self.winding_free() {
+            return;
+        }
         let Some(rare) = self.rare.as_deref() else {
             return;
         };
@@ -849,7 +854,7 @@ impl Session {
             return;
         }
         let instructions = rare.warnings[due - 1].instructions.clone();
-        let issue = wind_up_at > now && self.winding_free() && self.may_remind();
+        let issue = wind_up_at > now && self.may_remind();
         self.rare_mut().warned = u8::try_from(due).unwrap_or(u8::MAX);
         if issue {
             self.issue(
@@ -900,19 +905,21 @@ impl Session {
             );
             return;
         }
+        // Past the session's last REMIND no reminder is due (`next_silence`): nothing moves.
+        if !may_remind {
+            return;
+        }
         let after = micros(options.silence_reminder_after).max(1);
         let due = (silent / after).min(u64::from(options.silence_reminders));
         if due > u64::from(silence.reminded) {
             silence.reminded = u8::try_from(due).unwrap_or(u8::MAX);
-            if may_remind {
-                self.issue(
-                    Directive::Remind {
-                        cause: ShutdownCause::SilenceTimeout,
-                        instructions: options.silence_reminder_instructions.clone(),
-                    },
-                    now,
-                );
-            }
+            self.issue(
+                Directive::Remind {
+                    cause: ShutdownCause::SilenceTimeout,
+                    instructions: options.silence_reminder_instructions.clone(),
+                },
+                now,
+            );
         }
     }
 

@@ -258,6 +258,17 @@ fn run(options: Options, limit: Option<(Duration, Vec<Warning>)>, ops: &[Op]) ->
             }
         }
         let torn_down_before = session.teardown().is_some();
+        // A timer that fires with nothing due changes nothing: the registry journals a tick
+        // only when something was due, and replay must rebuild the same session.
+        if session.next_deadline(&TIMING).is_none_or(|d| d > now) {
+            let quiet = format!("{session:?}");
+            assert!(session.on_time(now, &TIMING).is_empty());
+            assert_eq!(
+                quiet,
+                format!("{session:?}"),
+                "a tick with nothing due moved"
+            );
+        }
         let event = match op {
             Op::Advance(ms) => {
                 let target = now + Duration::from_millis(*ms);
