@@ -289,7 +289,17 @@ async fn webhook_metrics_start_at_zero_and_show_a_failing_receiver() {
         "--webhook-backoff-max",
         "50ms",
     ]);
-    let body = scrape(port);
+    // The address is announced before serving starts the webhooks (which register their
+    // series): wait until the first scrape that shows them.
+    let deadline = std::time::Instant::now() + endcall_testkit::PATIENCE;
+    let body = loop {
+        let body = scrape(port);
+        if body.contains("endcall_webhook_deliveries_total") || std::time::Instant::now() > deadline
+        {
+            break body;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     for result in ["delivered", "retried", "gave_up", "gone", "dropped", "lost"] {
         assert_eq!(
             sample(
